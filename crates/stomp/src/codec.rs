@@ -1,0 +1,639 @@
+//! `tokio_util::codec` Decoder and Encoder for STOMP, with size limits.
+//!
+//! The decoder works on whatever bytes have arrived. It remembers how far it has scanned
+//! so bytes trickling in are looked at once, and it checks every limit while scanning, so
+//! a peer announcing or sending an oversize frame is refused before memory is reserved
+//! for it.
+
+use bytes::{Buf, Bytes, BytesMut};
+use bytestring::ByteString;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::parse::{self, HeaderSpan, ParseError};
+use crate::{Command, Escaping, Frame, FrameError, Headers, Item, Version, encode};
+
+/// Size limits enforced while decoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest frame (head and body) in bytes.
+    pub max_frame_size: usize,
+    /// The most header lines in one frame.
+    pub max_headers: usize,
+    /// The longest header line (or command line) in bytes, EOL excluded.
+    pub max_header_line: usize,
+    /// The largest body in bytes.
+    pub max_body: usize,
+}
+
+impl Default for Limits {
+    /// 8 MiB bodies, 64 headers of up to 16 KiB (room for a JWT in `passcode`).
+    fn default() -> Limits {
+        Limits {
+            max_frame_size: 8 * 1024 * 1024 + 256 * 1024,
+            max_headers: 64,
+            max_header_line: 16 * 1024,
+            max_body: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// A STOMP codec for one connection.
+///
+/// Header escaping depends on the negotiated version, so a server creates the codec
+/// with any version, decodes CONNECT (never escaped), then calls [`StompCodec::set_version`].
+#[derive(Debug)]
+pub struct StompCodec {
+    version: Version,
+    limits: Limits,
+    state: State,
+    spans: Vec<HeaderSpan>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// Scanning for the blank line that ends the head.
+    Head {
+        /// Bytes already scanned for LF.
+        scanned: usize,
+        /// Where the line being scanned starts.
+        line_start: usize,
+        /// Complete lines seen so far, the command line included.
+        lines: usize,
+    },
+    /// Head parsed; waiting for the body and its NUL.
+    Body {
+        command: Command,
+        head_len: usize,
+        body: BodyEnd,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum BodyEnd {
+    /// `content-length` gave the size.
+    Length(usize),
+    /// No `content-length`: the body ends at the first NUL; bytes before `scanned` have none.
+    Nul { scanned: usize },
+}
+
+const FRESH: State = State::Head {
+    scanned: 0,
+    line_start: 0,
+    lines: 0,
+};
+
+impl StompCodec {
+    /// A codec for `version` with the given limits.
+    pub fn new(version: Version, limits: Limits) -> StompCodec {
+        StompCodec {
+            version,
+            limits,
+            state: FRESH,
+            spans: Vec::new(),
+        }
+    }
+
+    /// The version whose escaping rules apply.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Switches escaping rules, normally once after CONNECT/CONNECTED.
+    pub fn set_version(&mut self, version: Version) {
+        self.version = version;
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Scans for the end of the head. Returns its length once the blank line is there.
+    fn scan_head(&mut self, src: &BytesMut) -> Result<Option<usize>, FrameError> {
+        let State::Head {
+            scanned,
+            line_start,
+            lines,
+        } = &mut self.state
+        else {
+            unreachable!("scan_head runs only in the Head state")
+        };
+        let limits = &self.limits;
+        while let Some(offset) = memchr::memchr(b'\n', &src[*scanned..]) {
+            let newline = *scanned + offset;
+            let content = &src[*line_start..newline];
+            let content = content.strip_suffix(b"\r").unwrap_or(content);
+            if content.len() > limits.max_header_line {
+                return Err(FrameError::HeaderLineTooLong {
+                    limit: limits.max_header_line,
+                });
+            }
+            if newline + 1 > limits.max_frame_size {
+                return Err(FrameError::FrameTooLarge {
+                    limit: limits.max_frame_size,
+                });
+            }
+            if content.is_empty() && *lines > 0 {
+                return Ok(Some(newline + 1));
+            }
+            *lines += 1;
+            if *lines - 1 > limits.max_headers {
+                return Err(FrameError::TooManyHeaders {
+                    limit: limits.max_headers,
+                });
+            }
+            *line_start = newline + 1;
+            *scanned = newline + 1;
+        }
+        // The trailing CR of a CRLF may be counted here, hence the +1 slack.
+        if src.len() - *line_start > limits.max_header_line + 1 {
+            return Err(FrameError::HeaderLineTooLong {
+                limit: limits.max_header_line,
+            });
+        }
+        if src.len() > limits.max_frame_size {
+            return Err(FrameError::FrameTooLarge {
+                limit: limits.max_frame_size,
+            });
+        }
+        *scanned = src.len();
+        Ok(None)
+    }
+
+    /// Parses a complete head of `head_len` bytes and decides how the body ends.
+    fn parse_head(&mut self, src: &[u8], head_len: usize) -> Result<State, FrameError> {
+        let head = &src[..head_len];
+        let command = match parse::head(head, &mut self.spans) {
+            Ok((_, command)) => command,
+            Err(nom::Err::Failure(e) | nom::Err::Error(e)) => return Err(e.into()),
+            Err(nom::Err::Incomplete(_)) => unreachable!("scan_head found the blank line"),
+        };
+        let command =
+            Command::from_bytes(command).ok_or_else(|| FrameError::unknown_command(command))?;
+        let content_length = self
+            .spans
+            .iter()
+            .find(|span| &head[span.name.clone()] == b"content-length")
+            .map(|span| parse_content_length(&head[span.value.clone()]))
+            .transpose()?;
+        let body = match content_length {
+            Some(length) => {
+                if length > self.limits.max_body {
+                    return Err(FrameError::BodyTooLarge {
+                        limit: self.limits.max_body,
+                    });
+                }
+                if head_len + length + 1 > self.limits.max_frame_size {
+                    return Err(FrameError::FrameTooLarge {
+                        limit: self.limits.max_frame_size,
+                    });
+                }
+                if length > 0 && !command.allows_body() {
+                    return Err(FrameError::BodyNotAllowed(command));
+                }
+                BodyEnd::Length(length)
+            }
+            None => BodyEnd::Nul { scanned: head_len },
+        };
+        Ok(State::Body {
+            command,
+            head_len,
+            body,
+        })
+    }
+
+    /// Finds where the body ends; `Some((body_len, frame_len))` once the NUL is there.
+    fn find_body_end(&mut self, src: &mut BytesMut) -> Result<Option<(usize, usize)>, FrameError> {
+        let State::Body {
+            command,
+            head_len,
+            body,
+        } = &mut self.state
+        else {
+            unreachable!("find_body_end runs only in the Body state")
+        };
+        match body {
+            BodyEnd::Length(length) => {
+                let needed = *head_len + *length + 1;
+                if src.len() < needed {
+                    // Within limits (checked in parse_head): reserve the rest at once.
+                    src.reserve(needed - src.len());
+                    return Ok(None);
+                }
+                if src[needed - 1] != 0 {
+                    return Err(FrameError::MissingNul {
+                        content_length: *length,
+                    });
+                }
+                Ok(Some((*length, needed)))
+            }
+            BodyEnd::Nul { scanned } => {
+                if !command.allows_body() && src.len() > *head_len && src[*head_len] != 0 {
+                    return Err(FrameError::BodyNotAllowed(*command));
+                }
+                if let Some(offset) = memchr::memchr(0, &src[*scanned..]) {
+                    let nul = *scanned + offset;
+                    return Ok(Some((nul - *head_len, nul + 1)));
+                }
+                if src.len() - *head_len > self.limits.max_body {
+                    return Err(FrameError::BodyTooLarge {
+                        limit: self.limits.max_body,
+                    });
+                }
+                if src.len() > self.limits.max_frame_size {
+                    return Err(FrameError::FrameTooLarge {
+                        limit: self.limits.max_frame_size,
+                    });
+                }
+                *scanned = src.len();
+                Ok(None)
+            }
+        }
+    }
+
+    /// Cuts the finished frame out of `src` and builds it without copying the body.
+    fn take_frame(
+        &mut self,
+        src: &mut BytesMut,
+        command: Command,
+        head_len: usize,
+        body_len: usize,
+        frame_len: usize,
+    ) -> Result<Frame, FrameError> {
+        // The EOLs that follow a frame's NUL belong to it (STOMP 1.2 grammar). Only whole
+        // EOLs already received are taken; later ones arrive as heart-beats.
+        let mut end = frame_len;
+        loop {
+            match src.get(end..end + 2) {
+                Some([b'\r', b'\n']) => end += 2,
+                _ if src.get(end) == Some(&b'\n') => end += 1,
+                _ => break,
+            }
+        }
+        let bytes = src.split_to(end).freeze();
+        let escaping = Escaping::for_frame(self.version, command);
+        let mut headers = Headers::with_capacity(self.spans.len());
+        for span in &self.spans {
+            let name = header_text(&bytes, span.name.clone(), escaping, span.line)?;
+            let value = header_text(&bytes, span.value.clone(), escaping, span.line)?;
+            headers.push(name, value);
+        }
+        Ok(Frame {
+            command,
+            headers,
+            body: bytes.slice(head_len..head_len + body_len),
+        })
+    }
+}
+
+impl Default for StompCodec {
+    /// A 1.2 codec with default limits.
+    fn default() -> StompCodec {
+        StompCodec::new(Version::V1_2, Limits::default())
+    }
+}
+
+/// Unescapes one header name or value and checks it is UTF-8, sharing `bytes` if possible.
+fn header_text(
+    bytes: &Bytes,
+    range: std::ops::Range<usize>,
+    escaping: Escaping,
+    line: usize,
+) -> Result<ByteString, FrameError> {
+    let raw = match escaping.unescape(&bytes[range.clone()], line)? {
+        Some(decoded) => Bytes::from(decoded),
+        None => bytes.slice(range),
+    };
+    ByteString::try_from(raw).map_err(|_| FrameError::InvalidUtf8 { line })
+}
+
+/// Parses a `content-length` value: ASCII digits only, no sign, no spaces.
+fn parse_content_length(raw: &[u8]) -> Result<usize, FrameError> {
+    if raw.is_empty() || !raw.iter().all(u8::is_ascii_digit) {
+        return Err(FrameError::InvalidContentLength);
+    }
+    raw.iter().try_fold(0usize, |acc, digit| {
+        acc.checked_mul(10)
+            .and_then(|acc| acc.checked_add(usize::from(digit - b'0')))
+            .ok_or(FrameError::InvalidContentLength)
+    })
+}
+
+impl From<ParseError> for FrameError {
+    fn from(error: ParseError) -> FrameError {
+        match error {
+            ParseError::MissingColon { line } => FrameError::MissingColon { line },
+            ParseError::EmptyHeaderName { line } => FrameError::EmptyHeaderName { line },
+            ParseError::BareCarriageReturn => FrameError::BareCarriageReturn,
+            // The head grammar only fails through the variants above; keep a precise
+            // message anyway should a combinator start failing differently.
+            ParseError::Nom(_) => FrameError::BareCarriageReturn,
+        }
+    }
+}
+
+// ===== impl Decoder =====
+
+impl Decoder for StompCodec {
+    type Item = Item;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Item>, FrameError> {
+        if let State::Head {
+            scanned: 0,
+            line_start: 0,
+            ..
+        } = self.state
+        {
+            // Between frames: a lone EOL is a heart-beat.
+            match src.first() {
+                None => return Ok(None),
+                Some(b'\n') => {
+                    src.advance(1);
+                    return Ok(Some(Item::HeartBeat));
+                }
+                Some(b'\r') => match src.get(1) {
+                    None => return Ok(None),
+                    Some(b'\n') => {
+                        src.advance(2);
+                        return Ok(Some(Item::HeartBeat));
+                    }
+                    Some(_) => return Err(FrameError::BareCarriageReturn),
+                },
+                Some(_) => {}
+            }
+        }
+        if let State::Head { .. } = self.state {
+            let Some(head_len) = self.scan_head(src)? else {
+                return Ok(None);
+            };
+            self.state = self.parse_head(src, head_len)?;
+        }
+        let Some((body_len, frame_len)) = self.find_body_end(src)? else {
+            return Ok(None);
+        };
+        let State::Body {
+            command, head_len, ..
+        } = self.state
+        else {
+            unreachable!("the body was just found")
+        };
+        self.state = FRESH;
+        self.take_frame(src, command, head_len, body_len, frame_len)
+            .map(|frame| Some(Item::Frame(frame)))
+    }
+}
+
+// ===== impl Encoder =====
+
+impl Encoder<&Frame> for StompCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+        encode::encode_frame(frame, self.version, dst);
+        Ok(())
+    }
+}
+
+impl Encoder<Frame> for StompCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+        self.encode(&frame, dst)
+    }
+}
+
+impl Encoder<Item> for StompCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: Item, dst: &mut BytesMut) -> Result<(), FrameError> {
+        match item {
+            Item::Frame(frame) => self.encode(&frame, dst),
+            Item::HeartBeat => {
+                encode::put_heart_beat(dst);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small_limits() -> Limits {
+        Limits {
+            max_frame_size: 256,
+            max_headers: 3,
+            max_header_line: 32,
+            max_body: 64,
+        }
+    }
+
+    fn decode(codec: &mut StompCodec, wire: &[u8]) -> Result<Vec<Item>, FrameError> {
+        let mut src = BytesMut::from(wire);
+        let mut items = Vec::new();
+        while let Some(item) = codec.decode(&mut src)? {
+            items.push(item);
+        }
+        Ok(items)
+    }
+
+    fn error_of(wire: &[u8]) -> FrameError {
+        decode(&mut StompCodec::new(Version::V1_2, small_limits()), wire).unwrap_err()
+    }
+
+    #[test]
+    fn needs_more_until_the_nul() {
+        let mut codec = StompCodec::default();
+        let mut src = BytesMut::from(&b"SEND\ndestination:/q\n\nbody"[..]);
+        assert!(codec.decode(&mut src).unwrap().is_none());
+        src.extend_from_slice(b"\0");
+        assert!(matches!(
+            codec.decode(&mut src).unwrap(),
+            Some(Item::Frame(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_frames_are_named_precisely() {
+        assert!(matches!(error_of(b"send\n\n\0"), FrameError::UnknownCommand(c) if c == "send"));
+        assert!(matches!(
+            error_of(b"SEND\nnocolon\n\n\0"),
+            FrameError::MissingColon { line: 1 }
+        ));
+        assert!(matches!(
+            error_of(b"SEND\n:x\n\n\0"),
+            FrameError::EmptyHeaderName { line: 1 }
+        ));
+        assert!(matches!(
+            error_of(b"SEND\na:1\nb:\\t\n\n\0"),
+            FrameError::InvalidEscape { line: 2, .. }
+        ));
+        assert!(matches!(
+            error_of(b"SEND\na:\xff\n\n\0"),
+            FrameError::InvalidUtf8 { line: 1 }
+        ));
+        assert!(matches!(
+            error_of(b"\rSEND\n\n\0"),
+            FrameError::BareCarriageReturn
+        ));
+    }
+
+    #[test]
+    fn content_length_must_be_digits_and_exact() {
+        for bad in ["abc", "-1", " 5", "5 ", "", "99999999999999999999999"] {
+            let wire = format!("SEND\ncontent-length:{bad}\n\n\0");
+            let result = decode(&mut StompCodec::default(), wire.as_bytes());
+            assert!(
+                matches!(result, Err(FrameError::InvalidContentLength)),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            error_of(b"SEND\ncontent-length:2\n\nabc\0"),
+            FrameError::MissingNul { content_length: 2 }
+        ));
+    }
+
+    #[test]
+    fn only_send_message_error_may_have_a_body() {
+        assert!(matches!(
+            error_of(b"SUBSCRIBE\nid:1\n\nbody\0"),
+            FrameError::BodyNotAllowed(Command::Subscribe)
+        ));
+        assert!(matches!(
+            error_of(b"ACK\nid:1\ncontent-length:1\n\nx\0"),
+            FrameError::BodyNotAllowed(Command::Ack)
+        ));
+        let mut codec = StompCodec::default();
+        let items = decode(&mut codec, b"ACK\nid:1\ncontent-length:0\n\n\0").unwrap();
+        assert_eq!(items.len(), 1);
+    }
+
+    #[test]
+    fn a_non_body_frame_is_refused_at_its_first_body_byte() {
+        let mut codec = StompCodec::default();
+        let mut src = BytesMut::from(&b"BEGIN\ntransaction:t\n\nx"[..]);
+        assert!(matches!(
+            codec.decode(&mut src),
+            Err(FrameError::BodyNotAllowed(Command::Begin))
+        ));
+    }
+
+    #[test]
+    fn connect_headers_are_not_unescaped() {
+        let mut codec = StompCodec::default();
+        let items = decode(&mut codec, b"CONNECT\npasscode:a\\tb\n\n\0").unwrap();
+        let [Item::Frame(frame)] = &items[..] else {
+            panic!("{items:?}")
+        };
+        assert_eq!(frame.get("passcode"), Some("a\\tb"));
+    }
+
+    #[test]
+    fn escapes_follow_the_codec_version() {
+        let wire = b"MESSAGE\nk:a\\rb\n\n\0";
+        let mut codec = StompCodec::new(Version::V1_1, Limits::default());
+        assert!(matches!(
+            decode(&mut codec, wire),
+            Err(FrameError::InvalidEscape { .. })
+        ));
+        codec = StompCodec::new(Version::V1_0, Limits::default());
+        let items = decode(&mut codec, wire).unwrap();
+        assert!(matches!(&items[0], Item::Frame(f) if f.get("k") == Some("a\\rb")));
+    }
+
+    #[test]
+    fn header_limits_apply_before_the_frame_is_complete() {
+        let mut codec = StompCodec::new(Version::V1_2, small_limits());
+        let mut src = BytesMut::from(&b"SEND\nx:"[..]);
+        src.extend_from_slice(&[b'y'; 40]);
+        assert!(matches!(
+            codec.decode(&mut src),
+            Err(FrameError::HeaderLineTooLong { limit: 32 })
+        ));
+        assert!(matches!(
+            error_of(b"SEND\na:1\nb:2\nc:3\nd:4\n"),
+            FrameError::TooManyHeaders { limit: 3 }
+        ));
+        let mut exactly = Vec::from(&b"SEND\n"[..]);
+        exactly.extend_from_slice(&[b'k'; 32]);
+        exactly.extend_from_slice(b"\r\n\n\0");
+        assert!(matches!(
+            error_of(&exactly),
+            FrameError::MissingColon { .. }
+        ));
+    }
+
+    #[test]
+    fn an_announced_oversize_body_is_refused_without_reserving_it() {
+        let mut codec = StompCodec::new(Version::V1_2, small_limits());
+        let mut src = BytesMut::from(&b"SEND\ncontent-length:1000000000\n\n"[..]);
+        let capacity = src.capacity();
+        assert!(matches!(
+            codec.decode(&mut src),
+            Err(FrameError::BodyTooLarge { limit: 64 })
+        ));
+        assert_eq!(src.capacity(), capacity);
+    }
+
+    #[test]
+    fn an_unterminated_body_is_refused_past_the_limit() {
+        let mut codec = StompCodec::new(Version::V1_2, small_limits());
+        let mut src = BytesMut::from(&b"SEND\n\n"[..]);
+        src.extend_from_slice(&[b'z'; 64]);
+        assert!(codec.decode(&mut src).unwrap().is_none());
+        src.extend_from_slice(b"z");
+        assert!(matches!(
+            codec.decode(&mut src),
+            Err(FrameError::BodyTooLarge { limit: 64 })
+        ));
+    }
+
+    #[test]
+    fn frame_size_counts_head_and_body() {
+        let limits = Limits {
+            max_frame_size: 40,
+            ..Limits::default()
+        };
+        let mut codec = StompCodec::new(Version::V1_2, limits);
+        let wire = b"SEND\ndestination:/topic/abc\ncontent-length:20\n\n";
+        assert!(matches!(
+            decode(&mut codec, wire),
+            Err(FrameError::FrameTooLarge { limit: 40 })
+        ));
+    }
+
+    #[test]
+    fn eols_after_the_nul_belong_to_the_frame_later_ones_are_heart_beats() {
+        let mut codec = StompCodec::default();
+        let mut src = BytesMut::from(&b"SEND\n\nx\0\n\r\n"[..]);
+        assert!(matches!(
+            codec.decode(&mut src).unwrap(),
+            Some(Item::Frame(_))
+        ));
+        assert!(src.is_empty());
+        src.extend_from_slice(b"\n");
+        assert_eq!(codec.decode(&mut src).unwrap(), Some(Item::HeartBeat));
+    }
+
+    #[test]
+    fn bodies_share_the_receive_buffer() {
+        let mut codec = StompCodec::default();
+        let mut src = BytesMut::from(&b"SEND\ncontent-length:3\n\nabc\0"[..]);
+        let start = src.as_ptr() as usize;
+        let Some(Item::Frame(frame)) = codec.decode(&mut src).unwrap() else {
+            panic!("no frame")
+        };
+        assert_eq!(frame.body.as_ptr() as usize, start + 23);
+    }
+
+    #[test]
+    fn heart_beat_item_encodes_as_one_lf() {
+        let mut codec = StompCodec::default();
+        let mut dst = BytesMut::new();
+        codec.encode(Item::HeartBeat, &mut dst).unwrap();
+        assert_eq!(&dst[..], b"\n");
+    }
+}
