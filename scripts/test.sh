@@ -13,6 +13,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> doc tests"
 cargo test --workspace --doc --locked --quiet
 
+echo "==> build the postbox binary the suites start"
+cargo build --workspace --bins --locked --quiet
+
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

@@ -4,10 +4,10 @@
 //! many frames into one buffer and one write. Each encode reserves its whole size once,
 //! so the body is copied exactly once, straight into place.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::headers::names;
-use crate::{Escaping, Frame, Version};
+use crate::{Command, Escaping, Frame, Headers, Version};
 
 /// Appends `frame` as the wire bytes of `version`.
 ///
@@ -56,6 +56,49 @@ pub fn put_content_length(length: usize, dst: &mut BytesMut) {
 /// Appends a heart-beat: a single LF.
 pub fn put_heart_beat(dst: &mut BytesMut) {
     dst.put_u8(b'\n');
+}
+
+/// Encodes the part of a MESSAGE frame that every subscriber receives unchanged: the
+/// `destination` and `message-id` headers, the other `headers` (any `content-length`
+/// among them is replaced by the true one), the blank line, the body and the NUL.
+///
+/// A broker encodes this once per message and version, then writes it after each
+/// subscriber's own [`put_message_head`].
+pub fn message_tail(
+    destination: &str,
+    message_id: &str,
+    headers: &Headers,
+    body: &[u8],
+    version: Version,
+) -> Bytes {
+    let escaping = Escaping::for_frame(version, Command::Message);
+    let header_len: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+    let mut dst = BytesMut::with_capacity(
+        destination.len() + message_id.len() + 26 + header_len + 36 + body.len() + 2,
+    );
+    put_header(names::DESTINATION, destination, escaping, &mut dst);
+    put_header(names::MESSAGE_ID, message_id, escaping, &mut dst);
+    for (name, value) in headers.iter() {
+        if name != names::CONTENT_LENGTH {
+            put_header(name, value, escaping, &mut dst);
+        }
+    }
+    put_content_length(body.len(), &mut dst);
+    dst.put_u8(b'\n');
+    dst.put_slice(body);
+    dst.put_u8(0);
+    dst.freeze()
+}
+
+/// Writes the start of a MESSAGE frame for one subscriber: the command line and the
+/// per-delivery headers (`subscription`, and `ack` or `redelivered` where they apply).
+/// A [`message_tail`] must follow.
+pub fn put_message_head(headers: &[(&str, &str)], version: Version, dst: &mut BytesMut) {
+    let escaping = Escaping::for_frame(version, Command::Message);
+    dst.put_slice(b"MESSAGE\n");
+    for (name, value) in headers {
+        put_header(name, value, escaping, dst);
+    }
 }
 
 /// An upper bound on the encoded size of `frame` when no header needs escaping, used
@@ -127,6 +170,26 @@ mod tests {
         assert_eq!(
             encode(&frame, Version::V1_2),
             b"CONNECTED\nserver:postbox/1:2\n\n\0"
+        );
+    }
+
+    #[test]
+    fn message_head_and_tail_make_one_frame() {
+        let headers: Headers = [("content-type", "text/plain"), ("content-length", "1")]
+            .into_iter()
+            .collect();
+        let tail = message_tail("/topic/a", "m-1", &headers, b"hi", Version::V1_2);
+        let mut dst = BytesMut::new();
+        put_message_head(
+            &[("subscription", "s:1"), ("ack", "7")],
+            Version::V1_2,
+            &mut dst,
+        );
+        dst.put_slice(&tail);
+        assert_eq!(
+            &dst[..],
+            &b"MESSAGE\nsubscription:s\\c1\nack:7\ndestination:/topic/a\nmessage-id:m-1\n\
+               content-type:text/plain\ncontent-length:2\n\nhi\0"[..]
         );
     }
 

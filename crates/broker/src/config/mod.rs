@@ -1,0 +1,553 @@
+//! Configuration: defaults, then `POSTBOX_*` environment variables, then the TOML file
+//! given with `--config`, then command-line flags, each overriding the one before.
+//!
+//! Every option has one name everywhere (see [`options::OPTIONS`]): the TOML key
+//! `max-frame-size`, the flag `--max-frame-size` and the variable
+//! `POSTBOX_MAX_FRAME_SIZE` all set the same value.
+
+pub mod options;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, ArgMatches};
+use serde::{Deserialize, Serialize};
+
+use options::{Kind, OPTIONS, OptionSpec};
+
+/// The precedence rule, as printed by `postbox --help`.
+pub const PRECEDENCE: &str = "Each option can be given as a flag, a key in the --config TOML \
+file, or a POSTBOX_* environment variable (POSTBOX_ plus the name in upper case with _ for -). \
+Precedence: flags over the file, the file over the environment, the environment over defaults.";
+
+/// The broker's effective configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[allow(missing_docs)] // each field is documented in `options::OPTIONS`
+pub struct Config {
+    pub listen: Vec<String>,
+    pub allow_anonymous: bool,
+    pub vhosts: Vec<String>,
+    pub max_connections: usize,
+    pub max_frame_size: usize,
+    pub max_body_size: usize,
+    pub max_headers: usize,
+    pub max_header_length: usize,
+    pub max_subscriptions: usize,
+    pub connect_timeout_ms: u64,
+    pub outbound_buffer: usize,
+    pub heartbeat_send_ms: u64,
+    pub heartbeat_receive_ms: u64,
+    pub heartbeat_grace: f64,
+    pub drain_timeout_ms: u64,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub node_id: String,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where an option's effective value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The built-in default.
+    Default,
+    /// An environment variable.
+    Env(String),
+    /// The TOML file.
+    File(PathBuf),
+    /// A command-line flag.
+    Flag,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::Env(var) => write!(f, "env {var}"),
+            Source::File(path) => write!(f, "file {}", path.display()),
+            Source::Flag => f.write_str("flag"),
+        }
+    }
+}
+
+/// What the command line asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Run the broker.
+    Run,
+    /// Print the effective configuration with the source of each value, then exit.
+    PrintConfig,
+    /// Validate a configuration file without binding anything, then exit.
+    CheckConfig(PathBuf),
+}
+
+/// The result of reading the command line, the environment and the file.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The effective configuration.
+    pub config: Config,
+    /// Where each option's value came from.
+    pub sources: BTreeMap<&'static str, Source>,
+    /// What to do.
+    pub action: Action,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The command line could not be parsed (includes `--help` and `--version`).
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {source}")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// The file names an option that does not exist.
+    #[error("unknown option '{key}' in {path}; run 'postbox --help' for the list")]
+    UnknownKey {
+        /// The key.
+        key: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// A value from a flag, the environment or the file has the wrong type.
+    #[error("invalid value {value:?} for '{option}' from {origin}: expected {expected}")]
+    BadValue {
+        /// The option.
+        option: &'static str,
+        /// The value as given.
+        value: String,
+        /// Where it came from.
+        origin: Source,
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// A value has the right type but is not usable.
+    #[error("invalid '{option}': {reason}")]
+    Invalid {
+        /// The option.
+        option: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// The built-in defaults.
+    pub fn defaults() -> Config {
+        let table: toml::Table = OPTIONS
+            .iter()
+            .map(|spec| (spec.name.to_owned(), default_value(spec)))
+            .collect();
+        Config::deserialize(toml::Value::Table(table))
+            .expect("the option table's defaults fit Config")
+    }
+
+    /// Checks values that have the right type but may still be unusable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |option, reason: String| Err(ConfigError::Invalid { option, reason });
+        if self.listen.is_empty() {
+            return invalid("listen", "at least one address is needed".into());
+        }
+        for address in &self.listen {
+            if let Err(error) = address.parse::<SocketAddr>() {
+                return invalid("listen", format!("'{address}' is not host:port ({error})"));
+            }
+        }
+        for (option, value) in [
+            ("max-connections", self.max_connections),
+            ("max-frame-size", self.max_frame_size),
+            ("max-body-size", self.max_body_size),
+            ("max-headers", self.max_headers),
+            ("max-header-length", self.max_header_length),
+            ("max-subscriptions", self.max_subscriptions),
+            ("outbound-buffer", self.outbound_buffer),
+        ] {
+            if value == 0 {
+                return invalid(option, "must be greater than 0".into());
+            }
+        }
+        if self.max_header_length < 64 {
+            return invalid("max-header-length", "must be at least 64 bytes".into());
+        }
+        if !(self.heartbeat_grace >= 1.0 && self.heartbeat_grace.is_finite()) {
+            return invalid("heartbeat-grace", "must be a number of at least 1.0".into());
+        }
+        if self.connect_timeout_ms == 0 {
+            return invalid("connect-timeout-ms", "must be greater than 0".into());
+        }
+        if self.vhosts.iter().any(String::is_empty) {
+            return invalid("vhosts", "names must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// The listen addresses, parsed (valid after [`Config::validate`]).
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listen.iter().filter_map(|a| a.parse().ok()).collect()
+    }
+
+    /// `connect-timeout-ms` as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// `drain-timeout-ms` as a duration.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// Renders the configuration as TOML, each line commented with its source.
+    pub fn to_annotated_toml(&self, sources: &BTreeMap<&'static str, Source>) -> String {
+        let table = toml::Table::try_from(self).expect("Config serializes to a table");
+        let mut out = String::new();
+        for spec in OPTIONS {
+            let value = table
+                .get(spec.name)
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let source = sources.get(spec.name).cloned().unwrap_or(Source::Default);
+            out.push_str(&format!("{} = {value}  # {source}\n", spec.name));
+        }
+        out
+    }
+}
+
+/// The clap command: one flag per option, plus `--config` and the subcommands.
+pub fn command() -> clap::Command {
+    let mut command = clap::Command::new("postbox")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Postbox, a STOMP 1.2 message broker")
+        .after_help(PRECEDENCE)
+        .arg(
+            Arg::new("config")
+                .short('c')
+                .long("config")
+                .value_name("FILE")
+                .global(true)
+                .help("Read options from this TOML file"),
+        )
+        .subcommand(
+            clap::Command::new("print-config")
+                .about("Print the effective configuration and where each value came from"),
+        )
+        .subcommand(
+            clap::Command::new("check-config")
+                .about("Validate a configuration file without starting the broker")
+                .arg(Arg::new("file").required(true).value_name("FILE")),
+        );
+    for spec in OPTIONS {
+        command = command.arg(flag(spec));
+    }
+    command
+}
+
+fn flag(spec: &'static OptionSpec) -> Arg {
+    let help = format!(
+        "{} [env: {}] [default: {}]",
+        spec.help,
+        spec.env_var(),
+        spec.default
+    );
+    let arg = Arg::new(spec.name).long(spec.name).global(true).help(help);
+    match spec.kind {
+        Kind::Bool => arg.action(ArgAction::SetTrue),
+        Kind::List => arg
+            .action(ArgAction::Append)
+            .value_delimiter(',')
+            .value_name("LIST"),
+        Kind::Int => arg.value_name("N"),
+        Kind::Float => arg.value_name("X"),
+        Kind::Str => arg.value_name("TEXT"),
+    }
+}
+
+/// Reads the configuration from command-line arguments (program name first) and the
+/// environment, as looked up by `env`.
+pub fn load<I, T>(args: I, env: impl Fn(&str) -> Option<String>) -> Result<Loaded, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = command().try_get_matches_from(args)?;
+    let (action, file) = match matches.subcommand() {
+        Some(("print-config", _)) => (Action::PrintConfig, config_path(&matches)),
+        Some(("check-config", sub)) => {
+            let file: PathBuf = sub.get_one::<String>("file").expect("required").into();
+            (Action::CheckConfig(file.clone()), Some(file))
+        }
+        _ => (Action::Run, config_path(&matches)),
+    };
+
+    let mut table = toml::Table::new();
+    let mut sources = BTreeMap::new();
+    for spec in OPTIONS {
+        table.insert(spec.name.into(), default_value(spec));
+        sources.insert(spec.name, Source::Default);
+    }
+    for spec in OPTIONS {
+        let var = spec.env_var();
+        if let Some(raw) = env(&var) {
+            let source = Source::Env(var);
+            table.insert(spec.name.into(), parse_text(spec, &[raw], &source)?);
+            sources.insert(spec.name, source);
+        }
+    }
+    if let Some(path) = file {
+        for (key, value) in read_file(&path)? {
+            let spec = options::find(&key).ok_or_else(|| ConfigError::UnknownKey {
+                key: key.clone(),
+                path: path.clone(),
+            })?;
+            table.insert(key, value);
+            sources.insert(spec.name, Source::File(path.clone()));
+        }
+    }
+    for spec in OPTIONS {
+        if let Some(value) = flag_value(spec, &matches)? {
+            table.insert(spec.name.into(), value);
+            sources.insert(spec.name, Source::Flag);
+        }
+    }
+
+    let config =
+        Config::deserialize(toml::Value::Table(table)).map_err(|error| ConfigError::Invalid {
+            option: "config",
+            reason: error.to_string(),
+        })?;
+    config.validate()?;
+    Ok(Loaded {
+        config,
+        sources,
+        action,
+    })
+}
+
+fn config_path(matches: &ArgMatches) -> Option<PathBuf> {
+    matches.get_one::<String>("config").map(PathBuf::from)
+}
+
+fn read_file(path: &PathBuf) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    text.parse::<toml::Table>()
+        .map_err(|source| ConfigError::Toml {
+            path: path.clone(),
+            source: Box::new(source),
+        })
+}
+
+fn default_value(spec: &OptionSpec) -> toml::Value {
+    let doc: toml::Table = format!("v = {}", spec.default)
+        .parse()
+        .expect("defaults in the option table are TOML literals");
+    doc["v"].clone()
+}
+
+fn flag_value(
+    spec: &'static OptionSpec,
+    matches: &ArgMatches,
+) -> Result<Option<toml::Value>, ConfigError> {
+    if matches.value_source(spec.name) != Some(ValueSource::CommandLine) {
+        return Ok(None);
+    }
+    if spec.kind == Kind::Bool {
+        return Ok(Some(toml::Value::Boolean(matches.get_flag(spec.name))));
+    }
+    let raw: Vec<String> = matches
+        .get_many::<String>(spec.name)
+        .map(|values| values.cloned().collect())
+        .unwrap_or_default();
+    parse_text(spec, &raw, &Source::Flag).map(Some)
+}
+
+/// Converts text from a flag or variable into the option's TOML type.
+fn parse_text(
+    spec: &'static OptionSpec,
+    raw: &[String],
+    source: &Source,
+) -> Result<toml::Value, ConfigError> {
+    let joined = raw.join(",");
+    let bad = |expected| ConfigError::BadValue {
+        option: spec.name,
+        value: joined.clone(),
+        origin: source.clone(),
+        expected,
+    };
+    let text = joined.trim();
+    Ok(match spec.kind {
+        Kind::Bool => match text.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
+            "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+            _ => return Err(bad("true or false")),
+        },
+        Kind::Int => text
+            .replace('_', "")
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(toml::Value::Integer)
+            .ok_or_else(|| bad("a non-negative integer"))?,
+        Kind::Float => text
+            .parse::<f64>()
+            .map(toml::Value::Float)
+            .map_err(|_| bad("a number"))?,
+        Kind::Str => toml::Value::String(text.to_owned()),
+        Kind::List => toml::Value::Array(
+            joined
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| toml::Value::String(item.to_owned()))
+                .collect(),
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load_with(args: &[&str], env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let args = std::iter::once("postbox").chain(args.iter().copied());
+        load(args, |var| env.get(var).cloned())
+    }
+
+    #[test]
+    fn the_option_table_and_config_agree() {
+        let table = toml::Table::try_from(Config::defaults()).unwrap();
+        let fields: Vec<&str> = table.keys().map(String::as_str).collect();
+        let mut names: Vec<&str> = OPTIONS.iter().map(|s| s.name).collect();
+        names.sort();
+        let mut fields = fields;
+        fields.sort();
+        assert_eq!(fields, names);
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback_61613() {
+        let loaded = load_with(&[], &[]).unwrap();
+        assert_eq!(loaded.config.listen, ["127.0.0.1:61613"]);
+        assert_eq!(loaded.action, Action::Run);
+        assert!(loaded.sources.values().all(|s| *s == Source::Default));
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_the_environment() {
+        let dir = std::env::temp_dir().join(format!("postbox-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("postbox.toml");
+        std::fs::write(&file, "max-headers = 10\nmax-subscriptions = 20\n").unwrap();
+        let file = file.to_str().unwrap();
+        let env = [
+            ("POSTBOX_MAX_HEADERS", "1"),
+            ("POSTBOX_MAX_SUBSCRIPTIONS", "2"),
+            ("POSTBOX_MAX_CONNECTIONS", "3"),
+        ];
+        let loaded = load_with(&["--config", file, "--max-headers", "100"], &env).unwrap();
+        assert_eq!(loaded.config.max_headers, 100);
+        assert_eq!(loaded.config.max_subscriptions, 20);
+        assert_eq!(loaded.config.max_connections, 3);
+        assert_eq!(loaded.sources["max-headers"], Source::Flag);
+        assert!(matches!(
+            loaded.sources["max-subscriptions"],
+            Source::File(_)
+        ));
+        assert_eq!(
+            loaded.sources["max-connections"],
+            Source::Env("POSTBOX_MAX_CONNECTIONS".into())
+        );
+        let printed = loaded.config.to_annotated_toml(&loaded.sources);
+        assert!(printed.contains("max-headers = 100  # flag"), "{printed}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn lists_and_bools_from_flags_and_env() {
+        let loaded = load_with(
+            &["--listen", "127.0.0.1:1,127.0.0.1:2", "--allow-anonymous"],
+            &[("POSTBOX_VHOSTS", "a, b")],
+        )
+        .unwrap();
+        assert_eq!(loaded.config.listen, ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert!(loaded.config.allow_anonymous);
+        assert_eq!(loaded.config.vhosts, ["a", "b"]);
+    }
+
+    #[test]
+    fn bad_values_name_the_option_and_the_source() {
+        let error = load_with(&[], &[("POSTBOX_MAX_HEADERS", "lots")]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid value \"lots\" for 'max-headers' from env POSTBOX_MAX_HEADERS: \
+             expected a non-negative integer"
+        );
+        let error = load_with(&["--listen", "nowhere"], &[]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("invalid 'listen': 'nowhere' is not host:port")
+        );
+        let error = load_with(&["--heartbeat-grace", "0.5"], &[]).unwrap_err();
+        assert!(error.to_string().contains("heartbeat-grace"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("postbox-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "max-headerz = 1\n").unwrap();
+        let error = load_with(&["check-config", file.to_str().unwrap()], &[]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("unknown option 'max-headerz'"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn help_documents_every_option_and_the_precedence() {
+        let help = command().render_long_help().to_string();
+        for spec in OPTIONS {
+            assert!(help.contains(&format!("--{}", spec.name)), "{}", spec.name);
+            assert!(help.contains(&spec.env_var()), "{}", spec.name);
+        }
+        assert!(help.contains("Precedence"));
+    }
+}

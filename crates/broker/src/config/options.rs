@@ -1,0 +1,167 @@
+//! The table of every configuration option: its one name (used as the TOML key, the
+//! flag `--name` and the variable `POSTBOX_NAME`), its type, default and meaning.
+//!
+//! This table is the single source of truth: the CLI, the environment and the TOML file
+//! are all read through it, and a test checks it against [`Config`](super::Config).
+
+/// The type of an option's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off` from env and flags).
+    Bool,
+    /// A non-negative integer.
+    Int,
+    /// A decimal number.
+    Float,
+    /// A string.
+    Str,
+    /// A list of strings; comma-separated in env and flags.
+    List,
+}
+
+/// One configuration option.
+#[derive(Debug)]
+pub struct OptionSpec {
+    /// The name, in kebab-case.
+    pub name: &'static str,
+    /// The value's type.
+    pub kind: Kind,
+    /// The default, as a TOML literal.
+    pub default: &'static str,
+    /// What the option means.
+    pub help: &'static str,
+}
+
+impl OptionSpec {
+    /// The environment variable that sets this option.
+    pub fn env_var(&self) -> String {
+        format!("POSTBOX_{}", self.name.to_uppercase().replace('-', "_"))
+    }
+}
+
+const fn opt(
+    name: &'static str,
+    kind: Kind,
+    default: &'static str,
+    help: &'static str,
+) -> OptionSpec {
+    OptionSpec {
+        name,
+        kind,
+        default,
+        help,
+    }
+}
+
+/// Every option, in the order `--help` and the docs list them.
+pub const OPTIONS: &[OptionSpec] = &[
+    opt(
+        "listen",
+        Kind::List,
+        r#"["127.0.0.1:61613"]"#,
+        "Addresses for STOMP over TCP (host:port; port 0 picks a free one).",
+    ),
+    opt(
+        "allow-anonymous",
+        Kind::Bool,
+        "false",
+        "Allow listening on a non-loopback address without authentication configured.",
+    ),
+    opt(
+        "vhosts",
+        Kind::List,
+        "[]",
+        "Virtual hosts selected by the CONNECT host header. Empty: one host, any name accepted.",
+    ),
+    opt(
+        "max-connections",
+        Kind::Int,
+        "10000",
+        "Most client connections at once; more are refused with an ERROR frame.",
+    ),
+    opt(
+        "max-frame-size",
+        Kind::Int,
+        "8454144",
+        "Largest frame in bytes, headers and body together.",
+    ),
+    opt(
+        "max-body-size",
+        Kind::Int,
+        "8388608",
+        "Largest frame body in bytes.",
+    ),
+    opt("max-headers", Kind::Int, "64", "Most headers in one frame."),
+    opt(
+        "max-header-length",
+        Kind::Int,
+        "16384",
+        "Longest header line in bytes.",
+    ),
+    opt(
+        "max-subscriptions",
+        Kind::Int,
+        "1024",
+        "Most subscriptions on one connection.",
+    ),
+    opt(
+        "connect-timeout-ms",
+        Kind::Int,
+        "10000",
+        "Time a new connection has to send CONNECT.",
+    ),
+    opt(
+        "outbound-buffer",
+        Kind::Int,
+        "8388608",
+        "Bytes that may wait to be written to one connection; past it the client is \
+         disconnected as a slow consumer.",
+    ),
+    opt(
+        "heartbeat-send-ms",
+        Kind::Int,
+        "10000",
+        "Shortest interval at which the server offers to send heart-beats (0: never).",
+    ),
+    opt(
+        "heartbeat-receive-ms",
+        Kind::Int,
+        "10000",
+        "Shortest interval at which the server asks clients for heart-beats (0: never).",
+    ),
+    opt(
+        "heartbeat-grace",
+        Kind::Float,
+        "1.5",
+        "A client silent for this many negotiated heart-beat intervals is disconnected.",
+    ),
+    opt(
+        "drain-timeout-ms",
+        Kind::Int,
+        "5000",
+        "On SIGINT/SIGTERM, how long connections get to flush before the process exits.",
+    ),
+    opt(
+        "log-format",
+        Kind::Str,
+        r#""human""#,
+        "Log format: human or json.",
+    ),
+    opt(
+        "log-level",
+        Kind::Str,
+        r#""info""#,
+        "Log filter when RUST_LOG is not set (tracing-subscriber EnvFilter syntax).",
+    ),
+    opt(
+        "node-id",
+        Kind::Str,
+        r#""""#,
+        "This broker's id in message ids and logs; empty picks a random one at start.",
+    ),
+];
+
+/// The option called `name`.
+pub fn find(name: &str) -> Option<&'static OptionSpec> {
+    OPTIONS.iter().find(|spec| spec.name == name)
+}

@@ -1,0 +1,187 @@
+//! Every reason a session ends with an ERROR frame, and that frame.
+
+use postbox_router::{CloseReason, RouteError};
+use postbox_stomp::headers::names;
+use postbox_stomp::{Command, Frame, FrameError, Version};
+
+/// Why a session sends ERROR and closes. Each variant is one ERROR frame whose
+/// `message` header is the `Display` text.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The peer's bytes are not valid STOMP.
+    #[error("malformed frame: {0}")]
+    Frame(#[from] FrameError),
+    /// The first frame was not CONNECT or STOMP.
+    #[error("expected CONNECT or STOMP as the first frame, got {0}")]
+    ExpectedConnect(Command),
+    /// CONNECT or STOMP on a connected session.
+    #[error("already connected: {0} may only be sent once")]
+    AlreadyConnected(Command),
+    /// `accept-version` names no version the server speaks.
+    #[error(
+        "no common protocol version: the client accepts '{offered}', this server supports 1.0,1.1,1.2"
+    )]
+    NoCommonVersion {
+        /// The client's `accept-version`.
+        offered: String,
+    },
+    /// The `host` header names no configured virtual host.
+    #[error("unknown virtual host '{0}'")]
+    UnknownHost(String),
+    /// A required header is absent.
+    #[error("{command} frame is missing the required '{header}' header")]
+    MissingHeader {
+        /// The frame's command.
+        command: Command,
+        /// The header's name.
+        header: &'static str,
+    },
+    /// A header has a value the server cannot use.
+    #[error("invalid '{header}' header '{value}' on {command}: expected {expected}")]
+    InvalidHeader {
+        /// The frame's command.
+        command: Command,
+        /// The header's name.
+        header: &'static str,
+        /// The value received (shortened).
+        value: String,
+        /// What would have been valid.
+        expected: &'static str,
+    },
+    /// A client sent a frame only servers send.
+    #[error("{0} is a server frame; clients may not send it")]
+    ServerFrame(Command),
+    /// A command the negotiated version does not have.
+    #[error("{command} is not part of STOMP {version}")]
+    NotInVersion {
+        /// The command.
+        command: Command,
+        /// The negotiated version.
+        version: Version,
+    },
+    /// SUBSCRIBE with an `id` already in use.
+    #[error("subscription id '{0}' is already in use on this connection")]
+    DuplicateSubscription(String),
+    /// UNSUBSCRIBE (or ACK in 1.1) for an id with no subscription.
+    #[error("no subscription with id '{0}' on this connection")]
+    UnknownSubscription(String),
+    /// More subscriptions than allowed on one connection.
+    #[error("too many subscriptions: at most {0} per connection")]
+    TooManySubscriptions(usize),
+    /// ACK or NACK for nothing awaiting acknowledgement.
+    #[error("no message awaiting acknowledgement with {what} '{id}'")]
+    UnknownAck {
+        /// Which header named it (`id` or `message-id`).
+        what: &'static str,
+        /// The value.
+        id: String,
+    },
+    /// A `transaction` that was never begun (or already ended).
+    #[error("unknown transaction '{0}'")]
+    UnknownTransaction(String),
+    /// BEGIN for a transaction id that is already open.
+    #[error("transaction '{0}' is already open")]
+    DuplicateTransaction(String),
+    /// The router refused a destination or a message.
+    #[error("{0}")]
+    Route(#[from] RouteError),
+    /// No CONNECT arrived in time.
+    #[error("no CONNECT frame within {0} ms")]
+    ConnectTimeout(u64),
+    /// The client stopped sending, heart-beats included.
+    #[error(
+        "heart-beat timeout: nothing received from the client for {silent_ms} ms (negotiated interval {interval_ms} ms)"
+    )]
+    HeartBeatTimeout {
+        /// How long the client was silent.
+        silent_ms: u64,
+        /// The negotiated client-to-server interval.
+        interval_ms: u64,
+    },
+    /// The server refuses new connections past its limit.
+    #[error("too many connections: the server accepts at most {0}")]
+    TooManyConnections(usize),
+    /// Closed from outside the session (slow consumer, operator).
+    #[error("{}", describe_close(.0))]
+    Closed(CloseReason),
+}
+
+fn describe_close(reason: &CloseReason) -> String {
+    match reason {
+        CloseReason::SlowConsumer { limit } => format!(
+            "slow consumer: more than {limit} bytes were waiting to be written to this connection"
+        ),
+        CloseReason::Shutdown => "server is shutting down".into(),
+        CloseReason::Admin => "connection closed by an operator".into(),
+    }
+}
+
+impl SessionError {
+    /// The ERROR frame for this error; `receipt` is the failed frame's `receipt` header.
+    pub fn to_frame(&self, receipt: Option<&str>) -> Frame {
+        let message = self.to_string();
+        let mut frame = Frame::new(Command::Error).header(names::MESSAGE, message.clone());
+        if let Some(receipt) = receipt {
+            frame = frame.header(names::RECEIPT_ID, receipt);
+        }
+        if let SessionError::NoCommonVersion { .. } = self {
+            frame = frame.header(names::VERSION, "1.0,1.1,1.2");
+        }
+        frame
+            .header(names::CONTENT_TYPE, "text/plain")
+            .body(format!("{message}\n"))
+    }
+
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SessionError::HeartBeatTimeout { .. } => "heart-beat timeout",
+            SessionError::ConnectTimeout(_) => "connect timeout",
+            SessionError::Closed(CloseReason::SlowConsumer { .. }) => "slow consumer",
+            SessionError::Closed(CloseReason::Shutdown) => "shutdown",
+            SessionError::Closed(CloseReason::Admin) => "admin",
+            SessionError::TooManyConnections(_) => "connection limit",
+            _ => "protocol error",
+        }
+    }
+}
+
+/// Shortens a client-supplied value for an error message.
+pub fn shorten(value: &str) -> String {
+    let mut end = value.len().min(100);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_frames_carry_message_receipt_and_text_body() {
+        let error = SessionError::MissingHeader {
+            command: Command::Send,
+            header: "destination",
+        };
+        let frame = error.to_frame(Some("r-9"));
+        assert_eq!(frame.command, Command::Error);
+        assert_eq!(
+            frame.get("message"),
+            Some("SEND frame is missing the required 'destination' header")
+        );
+        assert_eq!(frame.get("receipt-id"), Some("r-9"));
+        assert_eq!(frame.get("content-type"), Some("text/plain"));
+        assert!(!frame.body.is_empty());
+    }
+
+    #[test]
+    fn version_mismatch_lists_supported_versions() {
+        let frame = SessionError::NoCommonVersion {
+            offered: "2.0".into(),
+        }
+        .to_frame(None);
+        assert_eq!(frame.get("version"), Some("1.0,1.1,1.2"));
+    }
+}

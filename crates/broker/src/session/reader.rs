@@ -1,0 +1,72 @@
+//! Reading frames from a transport's byte stream.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use postbox_stomp::{FrameError, Item, StompCodec};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::codec::Decoder;
+
+/// Read buffer growth step; also its size for a connection that is sending.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Why no item could be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The bytes are not valid STOMP.
+    Frame(FrameError),
+    /// The transport failed.
+    Io(io::Error),
+    /// Nothing arrived within the allowed silence.
+    Silent(Duration),
+}
+
+/// Decodes items from an async byte stream.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+    codec: StompCodec,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader over `io` using `codec`.
+    pub fn new(io: R, codec: StompCodec) -> FrameReader<R> {
+        FrameReader {
+            io,
+            buf: BytesMut::new(),
+            codec,
+        }
+    }
+
+    /// The codec, to switch versions after CONNECT.
+    pub fn codec_mut(&mut self) -> &mut StompCodec {
+        &mut self.codec
+    }
+
+    /// The next item; `Ok(None)` at the end of the stream. With `silence` set, fails with
+    /// [`ReadError::Silent`] when no byte at all arrives for that long: any byte counts as
+    /// activity, as STOMP heart-beating asks.
+    pub async fn next(&mut self, silence: Option<Duration>) -> Result<Option<Item>, ReadError> {
+        loop {
+            if let Some(item) = self.codec.decode(&mut self.buf).map_err(ReadError::Frame)? {
+                return Ok(Some(item));
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let read = self.io.read_buf(&mut self.buf);
+            let n = match silence {
+                Some(limit) => tokio::time::timeout(limit, read)
+                    .await
+                    .map_err(|_| ReadError::Silent(limit))?,
+                None => read.await,
+            }
+            .map_err(ReadError::Io)?;
+            if n == 0 {
+                return Ok(None);
+            }
+        }
+    }
+}

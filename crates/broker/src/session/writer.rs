@@ -1,0 +1,182 @@
+//! Where a message leaves the socket: drains a session's outbox, encodes frames in
+//! batches, writes them, and sends heart-beats when the connection is otherwise idle.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use postbox_router::{Delivery, Notification, Outbox, OutboxReceiver};
+use postbox_stomp::headers::names;
+use postbox_stomp::{Version, encode};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::SessionError;
+
+/// Most notifications encoded into one write.
+const BATCH: usize = 256;
+/// A write buffer that grew past this is released after use, to keep idle sessions small.
+const KEEP_BUFFER: usize = 64 * 1024;
+/// How long closing writes (the last frames, an ERROR) may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the writer ended.
+#[derive(Debug)]
+pub enum WriterEnd {
+    /// Wrote everything up to a close request, then closed.
+    Closed,
+    /// The session ended it (the peer went away).
+    Aborted,
+    /// The outbox was closed from outside (slow consumer, operator).
+    Killed,
+    /// Writing failed.
+    Io(io::Error),
+}
+
+/// The writer of one session.
+#[derive(Debug)]
+pub struct Writer<W> {
+    io: W,
+    rx: OutboxReceiver,
+    outbox: Outbox,
+    version: Version,
+    heart_beat: Option<Duration>,
+    buf: BytesMut,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    /// A writer of `rx`'s notifications to `io`, for a session speaking `version` that
+    /// must send something at least every `heart_beat`.
+    pub fn new(
+        io: W,
+        rx: OutboxReceiver,
+        outbox: Outbox,
+        version: Version,
+        heart_beat: Option<Duration>,
+    ) -> Writer<W> {
+        Writer {
+            io,
+            rx,
+            outbox,
+            version,
+            heart_beat,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Runs until a close request, an IO error, an outside kill or `done`.
+    pub async fn run(mut self, done: &CancellationToken) -> WriterEnd {
+        let end = self.run_inner(done).await;
+        done.cancel();
+        end
+    }
+
+    async fn run_inner(&mut self, done: &CancellationToken) -> WriterEnd {
+        let mut batch = Vec::with_capacity(BATCH);
+        let far_future = Instant::now() + Duration::from_secs(86400 * 365);
+        let mut next_beat = self.heart_beat.map(|every| Instant::now() + every);
+        let outbox = self.outbox.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = done.cancelled() => return WriterEnd::Aborted,
+                _ = outbox.closed() => return self.kill().await,
+                n = self.rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        return WriterEnd::Aborted;
+                    }
+                }
+                _ = sleep_until(next_beat.unwrap_or(far_future)), if next_beat.is_some() => {
+                    encode::put_heart_beat(&mut self.buf);
+                }
+            }
+            let mut cost = 0;
+            let mut close = false;
+            for notification in batch.drain(..) {
+                cost += notification.cost();
+                match notification {
+                    Notification::Deliver(delivery) => self.put_delivery(&delivery),
+                    Notification::Frame(frame) => {
+                        encode::encode_frame(&frame, self.version, &mut self.buf)
+                    }
+                    Notification::Close => {
+                        close = true;
+                        break;
+                    }
+                }
+            }
+            let written = if close {
+                self.finish().await
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = done.cancelled() => return WriterEnd::Aborted,
+                    _ = outbox.closed() => return self.kill().await,
+                    result = self.io.write_all_buf(&mut self.buf) => result,
+                }
+            };
+            self.rx.release(cost);
+            if let Err(error) = written {
+                return WriterEnd::Io(error);
+            }
+            if close {
+                return WriterEnd::Closed;
+            }
+            if self.buf.capacity() > KEEP_BUFFER {
+                self.buf = BytesMut::new();
+            }
+            next_beat = self.heart_beat.map(|every| Instant::now() + every);
+        }
+    }
+
+    /// Writes a MESSAGE: the per-subscription head, then the shared tail.
+    fn put_delivery(&mut self, delivery: &Delivery) {
+        let tail = delivery.message.wire_tail(self.version);
+        let mut head: [(&str, &str); 3] = [("", ""); 3];
+        let mut n = 0;
+        head[n] = (names::SUBSCRIPTION, &delivery.subscription);
+        n += 1;
+        if let Some(ack) = &delivery.ack_id {
+            head[n] = (names::ACK, ack);
+            n += 1;
+        }
+        if delivery.redelivered {
+            head[n] = ("redelivered", "true");
+            n += 1;
+        }
+        self.buf
+            .reserve(32 + delivery.subscription.len() + tail.len());
+        encode::put_message_head(&head[..n], self.version, &mut self.buf);
+        self.buf.put_slice(tail);
+    }
+
+    /// Writes what is buffered and closes, within [`CLOSE_TIMEOUT`].
+    async fn finish(&mut self) -> io::Result<()> {
+        let closing = async {
+            self.io.write_all_buf(&mut self.buf).await?;
+            self.io.shutdown().await
+        };
+        tokio::time::timeout(CLOSE_TIMEOUT, closing)
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+    }
+
+    /// Closed from outside: finish the frame being written if it is quick, drop the
+    /// backlog, send one ERROR saying why, and close.
+    async fn kill(&mut self) -> WriterEnd {
+        let reason = self
+            .outbox
+            .close_reason()
+            .expect("closed outboxes have a reason");
+        let error = SessionError::Closed(reason).to_frame(None);
+        // What is still buffered may be half written; it must go out before the ERROR
+        // for the stream to stay well-formed. Queued notifications are dropped.
+        while let Some(notification) = self.rx.try_recv() {
+            self.rx.release(notification.cost());
+        }
+        encode::encode_frame(&error, self.version, &mut self.buf);
+        let _ = self.finish().await;
+        WriterEnd::Killed
+    }
+}

@@ -1,0 +1,83 @@
+//! Virtual hosts: one router each, chosen by the CONNECT `host` header.
+
+use std::collections::HashMap;
+
+use postbox_router::{Router, RouterConfig};
+
+/// The routers of all virtual hosts.
+#[derive(Debug)]
+pub struct Vhosts {
+    by_name: HashMap<String, Router>,
+    default: Router,
+    strict: bool,
+}
+
+impl Vhosts {
+    /// Builds the routers. With no names configured there is a single host, `/`, that
+    /// every `host` value selects: clients send all sorts of values there (the server's
+    /// address, `localhost`, nothing) and a one-host broker should accept them all. With
+    /// names configured, `host` must be one of them; a CONNECT without `host` gets the
+    /// first.
+    pub fn new(names: &[String], node_id: &str) -> Vhosts {
+        let router = |vhost: &str| {
+            Router::new(RouterConfig {
+                vhost: vhost.to_owned(),
+                node_id: node_id.to_owned(),
+            })
+        };
+        if names.is_empty() {
+            return Vhosts {
+                by_name: HashMap::new(),
+                default: router("/"),
+                strict: false,
+            };
+        }
+        let by_name: HashMap<String, Router> = names
+            .iter()
+            .map(|name| (name.clone(), router(name)))
+            .collect();
+        Vhosts {
+            default: by_name[&names[0]].clone(),
+            by_name,
+            strict: true,
+        }
+    }
+
+    /// The router for a CONNECT `host` header; `None` for an unknown host.
+    pub fn select(&self, host: Option<&str>) -> Option<Router> {
+        match host {
+            Some(host) if self.strict => self.by_name.get(host).cloned(),
+            _ => Some(self.default.clone()),
+        }
+    }
+
+    /// Every router, for metrics and shutdown.
+    pub fn routers(&self) -> impl Iterator<Item = &Router> {
+        std::iter::once(&self.default).chain(
+            self.by_name
+                .values()
+                .filter(|r| r.vhost() != self.default.vhost()),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_names_every_host_is_accepted() {
+        let vhosts = Vhosts::new(&[], "n");
+        assert_eq!(vhosts.select(Some("localhost")).unwrap().vhost(), "/");
+        assert_eq!(vhosts.select(None).unwrap().vhost(), "/");
+    }
+
+    #[test]
+    fn with_names_the_host_must_match() {
+        let vhosts = Vhosts::new(&["prod".into(), "test".into()], "n");
+        assert_eq!(vhosts.select(Some("test")).unwrap().vhost(), "test");
+        assert_eq!(vhosts.select(None).unwrap().vhost(), "prod");
+        assert!(vhosts.select(Some("other")).is_none());
+        assert_eq!(vhosts.routers().count(), 2);
+    }
+}

@@ -1,0 +1,29 @@
+//! Routing for Postbox: destinations, subscriptions, topic fan-out and the outbound
+//! queues of sessions.
+//!
+//! The router knows nothing of sockets, transports or Redis. Sessions subscribe with an
+//! [`Outbox`] and publish through [`Router::publish`]; a cluster plugs in through the
+//! [`Relay`] trait. Layout:
+//!
+//! - [`destination`]: what `/topic/...`, `/queue/...` and `/temp-queue/...` mean.
+//! - [`message`]: a published [`Message`], encoded once and shared.
+//! - [`topic`]: the subscription index with `*` and `#` wildcards.
+//! - [`outbox`]: a session's byte-bounded outbound queue and slow-consumer detection.
+//! - [`router`]: [`Router`], which ties them together.
+//! - [`relay`]: the seam to other nodes.
+#![deny(missing_docs)]
+
+pub mod destination;
+pub mod error;
+pub mod message;
+pub mod outbox;
+pub mod relay;
+pub mod router;
+pub mod topic;
+
+pub use destination::{Destination, Kind};
+pub use error::RouteError;
+pub use message::Message;
+pub use outbox::{CloseReason, Delivery, Notification, Outbox, OutboxReceiver, PushError, outbox};
+pub use relay::{Interest, NoRelay, Relay};
+pub use router::{AckMode, Router, RouterConfig, RouterStats, Subscriber, Subscription};

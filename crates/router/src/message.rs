@@ -1,0 +1,147 @@
+//! A published message, shared by every subscriber that receives it.
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use postbox_stomp::headers::names;
+use postbox_stomp::{ByteString, Headers, Version, encode};
+
+use crate::Destination;
+
+/// Headers a client may not carry from SEND into MESSAGE: the broker sets them per
+/// message or per delivery, or they only concern the SEND frame itself.
+const RESERVED: [&str; 8] = [
+    names::DESTINATION,
+    names::CONTENT_LENGTH,
+    names::RECEIPT,
+    names::TRANSACTION,
+    names::MESSAGE_ID,
+    names::SUBSCRIPTION,
+    names::ACK,
+    "redelivered",
+];
+
+/// One published message. Immutable once built and shared behind an `Arc`; the body is
+/// never copied, and the part of the MESSAGE frame common to all subscribers is encoded
+/// at most once per protocol version.
+#[derive(Debug)]
+pub struct Message {
+    id: ByteString,
+    destination: Destination,
+    headers: Headers,
+    body: Bytes,
+    tails: [OnceLock<Bytes>; 3],
+}
+
+impl Message {
+    /// A message with exactly these headers (the caller filtered them).
+    pub fn new(id: ByteString, destination: Destination, headers: Headers, body: Bytes) -> Message {
+        Message {
+            id,
+            destination,
+            headers,
+            body,
+            tails: Default::default(),
+        }
+    }
+
+    /// A message built from a SEND frame's headers: user headers pass through, headers
+    /// that the broker owns are dropped.
+    pub fn from_send(
+        id: ByteString,
+        destination: Destination,
+        send: &Headers,
+        body: Bytes,
+    ) -> Message {
+        let mut headers = send.clone();
+        headers.retain(|name, _| !RESERVED.contains(&name));
+        Message::new(id, destination, headers, body)
+    }
+
+    /// The broker-assigned `message-id`.
+    pub fn id(&self) -> &ByteString {
+        &self.id
+    }
+
+    /// Where the message was published.
+    pub fn destination(&self) -> &Destination {
+        &self.destination
+    }
+
+    /// The headers delivered with the message (content-type and user headers).
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// The body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The bytes a subscriber's connection will roughly need for this message; used to
+    /// bound outbound buffers.
+    pub fn wire_size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 2)
+            .sum();
+        self.destination.as_str().len() + self.id.len() + headers + self.body.len() + 64
+    }
+
+    /// The end of the MESSAGE frame, identical for every subscriber speaking `version`:
+    /// see [`encode::message_tail`]. Encoded on first use, then shared.
+    pub fn wire_tail(&self, version: Version) -> &Bytes {
+        let slot = match version {
+            Version::V1_0 => &self.tails[0],
+            Version::V1_1 => &self.tails[1],
+            Version::V1_2 => &self.tails[2],
+        };
+        slot.get_or_init(|| {
+            encode::message_tail(
+                self.destination.as_str(),
+                &self.id,
+                &self.headers,
+                &self.body,
+                version,
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_headers_that_the_broker_owns_are_dropped() {
+        let send: Headers = [
+            ("destination", "/topic/a"),
+            ("receipt", "r"),
+            ("content-type", "text/plain"),
+            ("message-id", "spoofed"),
+            ("x-custom", "1"),
+            ("content-length", "3"),
+            ("transaction", "t"),
+        ]
+        .into_iter()
+        .collect();
+        let destination = Destination::parse(&"/topic/a".into()).unwrap();
+        let message = Message::from_send("m-1".into(), destination, &send, Bytes::from("abc"));
+        let kept: Vec<_> = message.headers().iter().collect();
+        assert_eq!(kept, [("content-type", "text/plain"), ("x-custom", "1")]);
+    }
+
+    #[test]
+    fn the_wire_tail_is_encoded_once_per_version() {
+        let destination = Destination::parse(&"/topic/a".into()).unwrap();
+        let message = Message::new("m-1".into(), destination, Headers::new(), Bytes::from("x"));
+        let first = message.wire_tail(Version::V1_2).as_ptr();
+        assert_eq!(message.wire_tail(Version::V1_2).as_ptr(), first);
+        assert!(
+            message
+                .wire_tail(Version::V1_2)
+                .ends_with(b"content-length:1\n\nx\0")
+        );
+    }
+}

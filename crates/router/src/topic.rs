@@ -1,0 +1,265 @@
+//! The topic subscription index: exact names and RabbitMQ-style wildcard patterns.
+//!
+//! Topic names are words separated by `.`. In a subscription, a word that is exactly `*`
+//! matches one word and a word that is exactly `#` matches zero or more words, as in
+//! RabbitMQ's topic exchange. Publishing looks up the set of matching subscriptions; the
+//! result for each topic name is cached until a subscription that could change it comes
+//! or goes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use postbox_stomp::ByteString;
+
+/// The most distinct topic names whose match sets are cached at once.
+const CACHE_CAPACITY: usize = 16 * 1024;
+
+/// One word of a wildcard pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Word {
+    Literal(String),
+    /// `*`: exactly one word.
+    One,
+    /// `#`: zero or more words.
+    Any,
+}
+
+/// A topic pattern that contains at least one wildcard word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    words: Vec<Word>,
+}
+
+impl Pattern {
+    /// Parses `name`; `None` when it has no wildcard word and so only matches itself.
+    pub fn parse(name: &str) -> Option<Pattern> {
+        let mut words: Vec<Word> = Vec::new();
+        let mut wild = false;
+        for word in name.split('.') {
+            let word = match word {
+                "*" => Word::One,
+                "#" => Word::Any,
+                other => Word::Literal(other.to_owned()),
+            };
+            wild |= !matches!(word, Word::Literal(_));
+            // `#.#` means the same as `#`.
+            if word == Word::Any && words.last() == Some(&Word::Any) {
+                continue;
+            }
+            words.push(word);
+        }
+        wild.then_some(Pattern { words })
+    }
+
+    /// Whether the topic name matches. Runs in O(pattern words × topic words).
+    pub fn matches(&self, topic: &str) -> bool {
+        let words: Vec<&str> = topic.split('.').collect();
+        // reach[j]: the pattern words seen so far can match exactly the first j topic words.
+        let mut reach = vec![false; words.len() + 1];
+        reach[0] = true;
+        for word in &self.words {
+            match word {
+                Word::Any => {
+                    let mut seen = false;
+                    for slot in reach.iter_mut() {
+                        seen |= *slot;
+                        *slot = seen;
+                    }
+                }
+                Word::One | Word::Literal(_) => {
+                    for j in (1..reach.len()).rev() {
+                        let fits = match word {
+                            Word::Literal(literal) => words[j - 1] == literal,
+                            _ => true,
+                        };
+                        reach[j] = reach[j - 1] && fits;
+                    }
+                    reach[0] = false;
+                }
+            }
+        }
+        reach[words.len()]
+    }
+}
+
+/// An entry of the index: something that wants the messages of a name or pattern.
+#[derive(Debug)]
+pub(crate) struct Entry<S> {
+    pub key: u64,
+    pub name: ByteString,
+    pub pattern: Option<Pattern>,
+    pub sink: S,
+}
+
+/// The match set of one topic name.
+pub(crate) type Matches<S> = Arc<[Arc<Entry<S>>]>;
+
+/// Subscriptions by topic name or pattern.
+#[derive(Debug)]
+pub(crate) struct TopicIndex<S> {
+    exact: HashMap<ByteString, Vec<Arc<Entry<S>>>>,
+    wildcard: Vec<Arc<Entry<S>>>,
+    cache: HashMap<ByteString, Matches<S>>,
+    /// Subscriptions per name or pattern, to tell a relay when interest starts or ends.
+    interest: HashMap<ByteString, usize>,
+}
+
+impl<S> Default for TopicIndex<S> {
+    fn default() -> Self {
+        TopicIndex {
+            exact: HashMap::new(),
+            wildcard: Vec::new(),
+            cache: HashMap::new(),
+            interest: HashMap::new(),
+        }
+    }
+}
+
+impl<S> TopicIndex<S> {
+    /// Adds an entry; returns true when it is the first for its name or pattern.
+    pub fn insert(&mut self, entry: Arc<Entry<S>>) -> bool {
+        if entry.pattern.is_some() {
+            self.wildcard.push(entry.clone());
+            self.cache.clear();
+        } else {
+            self.cache.remove(&entry.name);
+            self.exact
+                .entry(entry.name.clone())
+                .or_default()
+                .push(entry.clone());
+        }
+        let count = self.interest.entry(entry.name.clone()).or_default();
+        *count += 1;
+        *count == 1
+    }
+
+    /// Removes the entry with `key` under `name`; returns true when it was the last one.
+    pub fn remove(&mut self, key: u64, name: &ByteString, wildcard: bool) -> bool {
+        if wildcard {
+            self.wildcard.retain(|e| e.key != key);
+            self.cache.clear();
+        } else {
+            self.cache.remove(name);
+            if let Some(list) = self.exact.get_mut(name) {
+                list.retain(|e| e.key != key);
+                if list.is_empty() {
+                    self.exact.remove(name);
+                }
+            }
+        }
+        match self.interest.get_mut(name) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                self.interest.remove(name);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every entry matching `topic`.
+    pub fn lookup(&mut self, topic: &ByteString) -> Matches<S> {
+        if let Some(hit) = self.cache.get(topic) {
+            return hit.clone();
+        }
+        let mut found: Vec<Arc<Entry<S>>> = self.exact.get(topic).cloned().unwrap_or_default();
+        found.extend(
+            self.wildcard
+                .iter()
+                .filter(|e| e.pattern.as_ref().is_some_and(|p| p.matches(topic)))
+                .cloned(),
+        );
+        let found: Matches<S> = found.into();
+        if self.cache.len() >= CACHE_CAPACITY {
+            self.cache.clear();
+        }
+        self.cache.insert(topic.clone(), found.clone());
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(pattern: &str, topic: &str) -> bool {
+        Pattern::parse(pattern)
+            .expect("a wildcard pattern")
+            .matches(topic)
+    }
+
+    #[test]
+    fn star_matches_exactly_one_word() {
+        assert!(matches("a.*", "a.b"));
+        assert!(!matches("a.*", "a"));
+        assert!(!matches("a.*", "a.b.c"));
+        assert!(matches("*.b.*", "a.b.c"));
+        assert!(matches("*", "anything"));
+        assert!(!matches("*", "two.words"));
+    }
+
+    #[test]
+    fn hash_matches_zero_or_more_words() {
+        assert!(matches("a.#", "a"));
+        assert!(matches("a.#", "a.b"));
+        assert!(matches("a.#", "a.b.c"));
+        assert!(!matches("a.#", "b.a"));
+        assert!(matches("#", "x.y.z"));
+        assert!(matches("#.z", "z"));
+        assert!(matches("a.#.z", "a.b.c.z"));
+        assert!(matches("a.#.z", "a.z"));
+        assert!(!matches("a.#.z", "a.z.b"));
+        assert!(matches("#.#.b", "b"));
+        assert!(matches("*.#", "a.b.c"));
+    }
+
+    #[test]
+    fn partial_wildcards_are_literal() {
+        assert!(Pattern::parse("a*.b").is_none());
+        assert!(Pattern::parse("price.#x").is_none());
+        assert!(Pattern::parse("plain.topic").is_none());
+    }
+
+    #[test]
+    fn many_hashes_stay_fast() {
+        let pattern = "#.a.#.a.#.a.#.a.#.a.#.b";
+        let topic = vec!["a"; 200].join(".");
+        assert!(!matches(pattern, &topic));
+    }
+
+    fn entry(key: u64, name: &str) -> Arc<Entry<u64>> {
+        Arc::new(Entry {
+            key,
+            name: name.into(),
+            pattern: Pattern::parse(name),
+            sink: key,
+        })
+    }
+
+    fn keys(index: &mut TopicIndex<u64>, topic: &str) -> Vec<u64> {
+        let mut keys: Vec<u64> = index.lookup(&topic.into()).iter().map(|e| e.sink).collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn lookup_combines_exact_and_wildcard_and_follows_changes() {
+        let mut index = TopicIndex::default();
+        assert!(index.insert(entry(1, "a.b")));
+        assert!(!index.insert(entry(2, "a.b")));
+        assert!(index.insert(entry(3, "a.*")));
+        assert!(index.insert(entry(4, "x.#")));
+        assert_eq!(keys(&mut index, "a.b"), [1, 2, 3]);
+        assert_eq!(keys(&mut index, "a.c"), [3]);
+        assert!(!index.remove(1, &"a.b".into(), false));
+        assert_eq!(keys(&mut index, "a.b"), [2, 3]);
+        assert!(index.remove(3, &"a.*".into(), true));
+        assert_eq!(keys(&mut index, "a.b"), [2]);
+        assert_eq!(keys(&mut index, "a.c"), Vec::<u64>::new());
+        assert!(index.remove(2, &"a.b".into(), false));
+        assert_eq!(index.interest.len(), 1);
+    }
+}
