@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "==> prerequisites"
+if ! python3 -c 'import stomp' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'stomp.py==8.2.0'
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

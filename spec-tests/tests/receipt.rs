@@ -28,9 +28,9 @@ async fn every_client_frame_may_ask_for_a_receipt() {
             .send(&frame.header("receipt", receipt.as_str()))
             .await;
         // The committed SEND reaches our own subscription before the COMMIT's receipt.
-        let mut next = client.expect_any().await;
+        let mut next = next_reply(&mut client, command).await;
         if next.command == Command::Message {
-            next = client.expect_any().await;
+            next = next_reply(&mut client, command).await;
         }
         assert_eq!(next.command, Command::Receipt, "after {command}: {next:?}");
         assert_eq!(next.get("receipt-id"), Some(receipt.as_str()));
@@ -85,14 +85,9 @@ async fn frames_before_disconnect_are_processed_first() {
     }
 }
 
-trait ExpectAny {
-    async fn expect_any(&mut self) -> Frame;
-}
-
-impl ExpectAny for Client {
-    async fn expect_any(&mut self) -> Frame {
-        self.next_frame(DEFAULT_TIMEOUT)
-            .await
-            .expect("a frame from the server")
-    }
+async fn next_reply(client: &mut Client, command: Command) -> Frame {
+    client
+        .next_frame(DEFAULT_TIMEOUT)
+        .await
+        .unwrap_or_else(|| panic!("no reply to {command} with a receipt header"))
 }

@@ -25,8 +25,14 @@ impl Broker {
     }
 
     /// Starts a given `postbox` binary.
-    pub fn start_binary(binary: &std::path::Path, args: &[&str]) -> Broker {
+    pub fn start_binary(binary: &Path, args: &[&str]) -> Broker {
+        Broker::start_binary_env(binary, args, &[])
+    }
+
+    /// Starts a given `postbox` binary with extra environment variables.
+    pub fn start_binary_env(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Broker {
         let mut command = Command::new(binary);
+        command.envs(env.iter().copied());
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }

@@ -1,0 +1,125 @@
+//! A lean STOMP connection for load generation.
+
+use std::io;
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use postbox_stomp::{Command, Frame, Item, Limits, StompCodec, Version, encode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::codec::Decoder;
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub login: Option<String>,
+    pub passcode: Option<String>,
+    pub host: String,
+}
+
+/// The reading half of a connection.
+#[derive(Debug)]
+pub struct Reader {
+    io: OwnedReadHalf,
+    buf: BytesMut,
+    codec: StompCodec,
+}
+
+/// The writing half of a connection, with its own buffer for batching.
+#[derive(Debug)]
+pub struct Writer {
+    io: OwnedWriteHalf,
+    pub buf: BytesMut,
+}
+
+/// Opens a connection and completes CONNECT (1.2, no heart-beats).
+pub async fn connect(target: &Target) -> io::Result<(Reader, Writer)> {
+    let stream = TcpStream::connect(target.addr).await?;
+    stream.set_nodelay(true)?;
+    let (read, write) = stream.into_split();
+    let limits = Limits {
+        max_body: 64 * 1024 * 1024,
+        max_frame_size: 65 * 1024 * 1024,
+        ..Limits::default()
+    };
+    let mut reader = Reader {
+        io: read,
+        buf: BytesMut::with_capacity(64 * 1024),
+        codec: StompCodec::new(Version::V1_2, limits),
+    };
+    let mut writer = Writer {
+        io: write,
+        buf: BytesMut::with_capacity(64 * 1024),
+    };
+    let mut frame = Frame::new(Command::Connect)
+        .header("accept-version", "1.2")
+        .header("host", target.host.as_str())
+        .header("heart-beat", "0,0");
+    if let Some(login) = &target.login {
+        frame = frame.header("login", login.as_str());
+    }
+    if let Some(passcode) = &target.passcode {
+        frame = frame.header("passcode", passcode.as_str());
+    }
+    writer.send(&frame).await?;
+    let reply = reader.next().await?;
+    match reply {
+        Some(frame) if frame.command == Command::Connected => Ok((reader, writer)),
+        other => Err(io::Error::other(format!("CONNECT refused: {other:?}"))),
+    }
+}
+
+impl Reader {
+    /// The next frame, or `None` at end of stream.
+    pub async fn next(&mut self) -> io::Result<Option<Frame>> {
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(Item::Frame(frame))) => return Ok(Some(frame)),
+                Ok(Some(Item::HeartBeat)) => continue,
+                Ok(None) => {}
+                Err(error) => return Err(io::Error::other(error.to_string())),
+            }
+            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+                self.buf.reserve(64 * 1024);
+            }
+            if self.io.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Waits for a frame with `command`, failing on ERROR or end of stream.
+    pub async fn expect(&mut self, command: Command) -> io::Result<Frame> {
+        match self.next().await? {
+            Some(frame) if frame.command == command => Ok(frame),
+            Some(frame) => Err(io::Error::other(format!(
+                "expected {command}, got {} {:?}",
+                frame.command,
+                frame.get("message")
+            ))),
+            None => Err(io::Error::other(format!(
+                "expected {command}, got end of stream"
+            ))),
+        }
+    }
+}
+
+impl Writer {
+    /// Encodes `frame` into the buffer without writing.
+    pub fn queue(&mut self, frame: &Frame) {
+        encode::encode_frame(frame, Version::V1_2, &mut self.buf);
+    }
+
+    /// Writes everything buffered.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        self.io.write_all_buf(&mut self.buf).await
+    }
+
+    /// Encodes and writes one frame.
+    pub async fn send(&mut self, frame: &Frame) -> io::Result<()> {
+        self.queue(frame);
+        self.flush().await
+    }
+}

@@ -1,0 +1,238 @@
+//! Topic fan-out: P publishers send to one topic, S subscribers each receive everything.
+//!
+//! Publishers stamp each body with the send time, subscribers record the end-to-end
+//! latency. Unlimited runs keep at most `window` messages in flight (published but not
+//! yet received by the slowest subscriber), so the run measures the throughput a broker
+//! can sustain rather than how fast its buffers fill.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use hdrhistogram::Histogram;
+use postbox_stomp::{Command, Frame};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::conn::{self, Target};
+use crate::report::{self, Report};
+use crate::{MEASURE, WARMUP, clock_us};
+
+/// Fan-out parameters.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub size: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// Total messages per second across publishers; `None` for as fast as possible.
+    pub rate: Option<u64>,
+    pub window: u64,
+}
+
+struct Shared {
+    phase: AtomicU8,
+    published: AtomicU64,
+    published_measured: AtomicU64,
+    received: Vec<AtomicU64>,
+}
+
+impl Shared {
+    fn slowest(&self) -> u64 {
+        self.received
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+pub async fn run(target: &Target, options: &Options) -> io::Result<Report> {
+    let destination = crate::unique_destination("/topic/bench");
+    let shared = Arc::new(Shared {
+        phase: AtomicU8::new(WARMUP),
+        published: AtomicU64::new(0),
+        published_measured: AtomicU64::new(0),
+        received: (0..options.subscribers)
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+    });
+    let stop = CancellationToken::new();
+
+    let mut subscribers = Vec::new();
+    for index in 0..options.subscribers {
+        let (mut reader, mut writer) = conn::connect(target).await?;
+        let subscribe = Frame::new(Command::Subscribe)
+            .header("id", "0")
+            .header("destination", destination.as_str())
+            .header("receipt", "subscribed");
+        writer.send(&subscribe).await?;
+        reader.expect(Command::Receipt).await?;
+        let shared = shared.clone();
+        let stop = stop.clone();
+        subscribers.push(tokio::spawn(async move {
+            let _writer = writer;
+            subscribe_loop(&mut reader, index, &shared, &stop).await
+        }));
+    }
+
+    let mut publishers = Vec::new();
+    for _ in 0..options.publishers {
+        let (reader, writer) = conn::connect(target).await?;
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let options = options.clone();
+        let destination = destination.clone();
+        publishers.push(tokio::spawn(async move {
+            publish_loop(reader, writer, &destination, &options, &shared, &stop).await
+        }));
+    }
+
+    tokio::time::sleep(options.warmup).await;
+    shared.phase.store(MEASURE, Ordering::SeqCst);
+    let started = Instant::now();
+    tokio::time::sleep(options.duration).await;
+    shared.phase.store(crate::DONE, Ordering::SeqCst);
+    let measured = started.elapsed();
+
+    // Let in-flight messages arrive, then stop everything.
+    let published = shared.published.load(Ordering::SeqCst);
+    let drain_deadline = Instant::now() + Duration::from_secs(3);
+    while shared.slowest() < published && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    for publisher in publishers {
+        publisher.await.map_err(io::Error::other)??;
+    }
+    let mut latency = report::histogram();
+    let mut delivered = 0;
+    for subscriber in subscribers {
+        let (histogram, count) = subscriber.await.map_err(io::Error::other)??;
+        latency
+            .add(histogram)
+            .map_err(|e| io::Error::other(format!("{e:?}")))?;
+        delivered += count;
+    }
+    Ok(Report {
+        scenario: format!(
+            "fan-out: {} publisher(s) -> {} subscriber(s), {} B bodies, {}",
+            options.publishers,
+            options.subscribers,
+            options.size,
+            options
+                .rate
+                .map_or("unlimited rate".to_owned(), |r| format!("{r} msg/s"))
+        ),
+        measured,
+        published: shared.published_measured.load(Ordering::SeqCst),
+        delivered,
+        latency,
+        extra: Vec::new(),
+    })
+}
+
+async fn subscribe_loop(
+    reader: &mut conn::Reader,
+    index: usize,
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> io::Result<(Histogram<u64>, u64)> {
+    let mut histogram = report::histogram();
+    let mut count = 0;
+    loop {
+        let frame = tokio::select! {
+            _ = stop.cancelled() => return Ok((histogram, count)),
+            frame = reader.next() => frame?,
+        };
+        let Some(frame) = frame else {
+            return Err(io::Error::other(format!(
+                "subscriber {index}: connection closed"
+            )));
+        };
+        if frame.command != Command::Message {
+            return Err(io::Error::other(format!(
+                "subscriber {index}: got {} {:?}",
+                frame.command,
+                frame.get("message")
+            )));
+        }
+        shared.received[index].fetch_add(1, Ordering::Relaxed);
+        if shared.phase.load(Ordering::Relaxed) == MEASURE && frame.body.len() >= 8 {
+            let sent = u64::from_le_bytes(frame.body[..8].try_into().expect("8 bytes"));
+            let _ = histogram.record(clock_us().saturating_sub(sent).max(1));
+            count += 1;
+        }
+    }
+}
+
+async fn publish_loop(
+    mut reader: conn::Reader,
+    mut writer: conn::Writer,
+    destination: &str,
+    options: &Options,
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> io::Result<()> {
+    // Any frame sent to a publisher (an ERROR) ends the run.
+    let watch = tokio::spawn(async move { reader.next().await });
+    let size = options.size.max(8);
+    let mut template = BytesMut::new();
+    template.put_slice(
+        format!(
+            "SEND\ndestination:{destination}\ncontent-type:application/octet-stream\ncontent-length:{size}\n\n"
+        )
+        .as_bytes(),
+    );
+    let stamp_at = template.len();
+    template.put_bytes(b'x', size);
+    template.put_u8(0);
+
+    let batch = if options.rate.is_some() { 1 } else { 64 };
+    let period = options
+        .rate
+        .map(|rate| Duration::from_secs_f64(options.publishers as f64 / rate as f64));
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    while !stop.is_cancelled() && shared.phase.load(Ordering::Relaxed) != crate::DONE {
+        if watch.is_finished() {
+            break;
+        }
+        match period {
+            Some(period) => tokio::time::sleep_until(start + period.mul_f64(sent as f64)).await,
+            None => {
+                while shared.published.load(Ordering::Relaxed) > shared.slowest() + options.window {
+                    if stop.is_cancelled() || watch.is_finished() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_micros(50)).await;
+                }
+            }
+        }
+        for _ in 0..batch {
+            let at = writer.buf.len() + stamp_at;
+            writer.buf.extend_from_slice(&template);
+            writer.buf[at..at + 8].copy_from_slice(&clock_us().to_le_bytes());
+        }
+        writer.flush().await?;
+        sent += batch as u64;
+        shared.published.fetch_add(batch as u64, Ordering::Relaxed);
+        if shared.phase.load(Ordering::Relaxed) == MEASURE {
+            shared
+                .published_measured
+                .fetch_add(batch as u64, Ordering::Relaxed);
+        }
+    }
+    if watch.is_finished() {
+        let frame = watch.await.map_err(io::Error::other)??;
+        return Err(io::Error::other(format!(
+            "publisher got {:?}",
+            frame.map(|f| (f.command, f.get("message").map(str::to_owned)))
+        )));
+    }
+    watch.abort();
+    Ok(())
+}

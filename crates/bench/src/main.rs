@@ -1,0 +1,144 @@
+//! `postbox-bench`: a load generator for STOMP brokers (Postbox, RabbitMQ, ActiveMQ...).
+//!
+//! `postbox-bench fanout --addr 127.0.0.1:61613 --subscribers 10 --duration 10`
+//! prints delivered and published messages per second and end-to-end latency
+//! percentiles; `--json` prints one JSON object instead, for comparison scripts.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod conn;
+mod fanout;
+mod report;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+
+/// Phases of a run, shared with the workers.
+pub const WARMUP: u8 = 0;
+pub const MEASURE: u8 = 1;
+pub const DONE: u8 = 2;
+
+/// Microseconds since the process's clock started; comparable across its tasks.
+pub fn clock_us() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// A destination no other run uses.
+pub fn unique_destination(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}.{}.{nanos}", std::process::id())
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "postbox-bench",
+    version,
+    about = "Load generator for STOMP brokers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// Topic fan-out: publishers send to one topic, every subscriber gets every message.
+    Fanout(FanoutArgs),
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// Broker STOMP address.
+    #[arg(long, default_value = "127.0.0.1:61613")]
+    addr: SocketAddr,
+    /// CONNECT login.
+    #[arg(long)]
+    login: Option<String>,
+    /// CONNECT passcode.
+    #[arg(long)]
+    passcode: Option<String>,
+    /// CONNECT host (virtual host).
+    #[arg(long, default_value = "/")]
+    host: String,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds run before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct FanoutArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Subscribing connections.
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    /// Body size in bytes (at least 8: the send timestamp).
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Total messages per second; omit for as fast as the broker sustains.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Most messages in flight to the slowest subscriber in unlimited runs.
+    #[arg(long, default_value_t = 2000)]
+    window: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    clock_us();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let (json, result) = runtime.block_on(async {
+        match cli.scenario {
+            Scenario::Fanout(args) => {
+                let target = target(&args.common);
+                let options = fanout::Options {
+                    publishers: args.publishers,
+                    subscribers: args.subscribers,
+                    size: args.size,
+                    duration: Duration::from_secs_f64(args.common.duration),
+                    warmup: Duration::from_secs_f64(args.common.warmup),
+                    rate: args.rate,
+                    window: args.window,
+                };
+                (args.common.json, fanout::run(&target, &options).await)
+            }
+        }
+    });
+    match result {
+        Ok(report) if json => println!("{}", report.json()),
+        Ok(report) => print!("{}", report.human()),
+        Err(error) => {
+            eprintln!("postbox-bench: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn target(common: &Common) -> conn::Target {
+    conn::Target {
+        addr: common.addr,
+        login: common.login.clone(),
+        passcode: common.passcode.clone(),
+        host: common.host.clone(),
+    }
+}
