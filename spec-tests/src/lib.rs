@@ -121,6 +121,43 @@ impl Default for Target {
     }
 }
 
+/// Helpers for tests that acknowledge messages.
+pub trait ClientExt {
+    /// Receives `n` MESSAGE frames and returns their bodies as text.
+    fn bodies(&mut self, n: usize) -> impl std::future::Future<Output = Vec<String>>;
+    /// Sends ACK (or NACK) for `message`'s `ack` header, with a receipt, and waits for it.
+    fn ack(&mut self, message: &Frame, nack: bool) -> impl std::future::Future<Output = ()>;
+}
+
+impl ClientExt for Client {
+    async fn bodies(&mut self, n: usize) -> Vec<String> {
+        let mut bodies = Vec::with_capacity(n);
+        for _ in 0..n {
+            let message = self.expect(Command::Message).await;
+            bodies.push(String::from_utf8_lossy(&message.body).into_owned());
+        }
+        bodies
+    }
+
+    async fn ack(&mut self, message: &Frame, nack: bool) {
+        let id = message.get("ack").expect("MESSAGE has an ack header");
+        let command = if nack { Command::Nack } else { Command::Ack };
+        let receipt = format!("ack-{id}");
+        self.send(
+            &Frame::new(command)
+                .header("id", id)
+                .header("receipt", receipt.as_str()),
+        )
+        .await;
+        self.expect_receipt(&receipt).await;
+    }
+}
+
+/// The body of a frame as text.
+pub fn text(frame: &Frame) -> String {
+    String::from_utf8_lossy(&frame.body).into_owned()
+}
+
 /// A destination name no other test (or earlier run) uses: `/topic/` or `/queue/` plus
 /// `name` plus a unique suffix.
 pub fn unique(prefix: &str, name: &str) -> String {

@@ -46,3 +46,9 @@ fn stomp_py_connect_subscribe_send_receive_disconnect() {
     let target = Target::new();
     run_python(&target, "stomp_py_basic.py");
 }
+
+#[test]
+fn stomp_py_acks_nack_and_transactions() {
+    let target = Target::new();
+    run_python(&target, "stomp_py_acks.py");
+}

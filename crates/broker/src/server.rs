@@ -69,7 +69,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let context = Context {
         settings: Arc::new(Settings::from_config(&config, &node_id)),
-        vhosts: Arc::new(Vhosts::new(&config.vhosts, &node_id)),
+        vhosts: Arc::new(Vhosts::new(&config, &node_id)),
         shutdown: CancellationToken::new(),
     };
     let permits = Arc::new(Semaphore::new(config.max_connections));

@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
-use postbox_router::{Router, RouterConfig};
+use postbox_router::Router;
+
+use crate::Config;
 
 /// The routers of all virtual hosts.
 #[derive(Debug)]
@@ -18,13 +20,9 @@ impl Vhosts {
     /// address, `localhost`, nothing) and a one-host broker should accept them all. With
     /// names configured, `host` must be one of them; a CONNECT without `host` gets the
     /// first.
-    pub fn new(names: &[String], node_id: &str) -> Vhosts {
-        let router = |vhost: &str| {
-            Router::new(RouterConfig {
-                vhost: vhost.to_owned(),
-                node_id: node_id.to_owned(),
-            })
-        };
+    pub fn new(config: &Config, node_id: &str) -> Vhosts {
+        let names = &config.vhosts;
+        let router = |vhost: &str| Router::new(config.router_config(vhost, node_id));
         if names.is_empty() {
             return Vhosts {
                 by_name: HashMap::new(),
@@ -65,16 +63,24 @@ impl Vhosts {
 mod tests {
     use super::*;
 
+    fn with_names(names: &[&str]) -> Vhosts {
+        let config = Config {
+            vhosts: names.iter().map(|n| n.to_string()).collect(),
+            ..Config::defaults()
+        };
+        Vhosts::new(&config, "n")
+    }
+
     #[test]
     fn without_names_every_host_is_accepted() {
-        let vhosts = Vhosts::new(&[], "n");
+        let vhosts = with_names(&[]);
         assert_eq!(vhosts.select(Some("localhost")).unwrap().vhost(), "/");
         assert_eq!(vhosts.select(None).unwrap().vhost(), "/");
     }
 
     #[test]
     fn with_names_the_host_must_match() {
-        let vhosts = Vhosts::new(&["prod".into(), "test".into()], "n");
+        let vhosts = with_names(&["prod", "test"]);
         assert_eq!(vhosts.select(Some("test")).unwrap().vhost(), "test");
         assert_eq!(vhosts.select(None).unwrap().vhost(), "prod");
         assert!(vhosts.select(Some("other")).is_none());

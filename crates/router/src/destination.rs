@@ -2,7 +2,8 @@
 //!
 //! Names follow RabbitMQ's STOMP plugin, so that clients written for it work unchanged:
 //! `/topic/<name>` fans out to every subscriber, `/queue/<name>` gives each message to one
-//! consumer, `/temp-queue/<name>` is a queue private to one connection.
+//! consumer, `/temp-queue/<name>` is a queue private to one connection, which others reach
+//! through the `/reply-queue/<id>` name the broker puts in `reply-to`.
 
 use std::fmt;
 
@@ -20,8 +21,10 @@ pub enum Kind {
     Topic,
     /// `/queue/...`: competing consumers.
     Queue,
-    /// `/temp-queue/...`: a connection's private reply queue.
+    /// `/temp-queue/...`: a connection's private reply queue, as its owner names it.
     TempQueue,
+    /// `/reply-queue/...`: the routable name of someone's temporary queue.
+    ReplyQueue,
 }
 
 impl Kind {
@@ -31,6 +34,7 @@ impl Kind {
             Kind::Topic => "/topic/",
             Kind::Queue => "/queue/",
             Kind::TempQueue => "/temp-queue/",
+            Kind::ReplyQueue => "/reply-queue/",
         }
     }
 }
@@ -51,7 +55,7 @@ impl Destination {
                 reason: "name is longer than 1024 bytes",
             });
         }
-        let kind = [Kind::Topic, Kind::Queue, Kind::TempQueue]
+        let kind = [Kind::Topic, Kind::Queue, Kind::TempQueue, Kind::ReplyQueue]
             .into_iter()
             .find(|kind| raw.starts_with(kind.prefix()))
             .ok_or_else(|| RouteError::UnknownDestination(truncated(raw)))?;

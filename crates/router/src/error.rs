@@ -4,7 +4,10 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     /// The destination has none of the known prefixes.
-    #[error("unknown destination '{0}': use /topic/<name>, /queue/<name> or /temp-queue/<name>")]
+    #[error(
+        "unknown destination '{0}': use /topic/<name>, /queue/<name>, /temp-queue/<name> \
+         or a /reply-queue/ name received in reply-to"
+    )]
     UnknownDestination(String),
     /// The destination has a known prefix but is not usable.
     #[error("invalid destination '{destination}': {reason}")]
@@ -14,7 +17,13 @@ pub enum RouteError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// The session was closed (for example as a slow consumer) while the request ran.
-    #[error("the connection is closing")]
-    Closed,
+    /// The queue is full and its policy is to refuse.
+    #[error("queue '{0}' is full")]
+    QueueFull(String),
+    /// The `expiration` header is not a number of milliseconds.
+    #[error("invalid expiration '{0}': expected a number of milliseconds")]
+    InvalidExpiration(String),
+    /// Someone else's temporary queue, or a temporary queue used by name.
+    #[error("'{0}' is a temporary queue that only its own connection may subscribe to")]
+    NotOwner(String),
 }

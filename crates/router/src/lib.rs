@@ -1,5 +1,5 @@
-//! Routing for Postbox: destinations, subscriptions, topic fan-out and the outbound
-//! queues of sessions.
+//! Routing for Postbox: destinations, subscriptions, topic fan-out, queues and the
+//! outbound queues of sessions.
 //!
 //! The router knows nothing of sockets, transports or Redis. Sessions subscribe with an
 //! [`Outbox`] and publish through [`Router::publish`]; a cluster plugs in through the
@@ -9,6 +9,8 @@
 //! - [`message`]: a published [`Message`], encoded once and shared.
 //! - [`topic`]: the subscription index with `*` and `#` wildcards.
 //! - [`outbox`]: a session's byte-bounded outbound queue and slow-consumer detection.
+//! - [`queue`]: queues with competing consumers, acknowledgements, redelivery, expiry
+//!   and dead-lettering.
 //! - [`router`]: [`Router`], which ties them together.
 //! - [`relay`]: the seam to other nodes.
 #![deny(missing_docs)]
@@ -17,6 +19,7 @@ pub mod destination;
 pub mod error;
 pub mod message;
 pub mod outbox;
+pub mod queue;
 pub mod relay;
 pub mod router;
 pub mod topic;
@@ -25,5 +28,8 @@ pub use destination::{Destination, Kind};
 pub use error::RouteError;
 pub use message::Message;
 pub use outbox::{CloseReason, Delivery, Notification, Outbox, OutboxReceiver, PushError, outbox};
+pub use queue::{Overflow, Queue, QueueSettings, Settle, UnknownAck, parse_ack_id};
 pub use relay::{Interest, NoRelay, Relay};
-pub use router::{AckMode, Router, RouterConfig, RouterStats, Subscriber, Subscription};
+pub use router::{
+    AckMode, MAX_PREFETCH, Router, RouterConfig, RouterStats, Subscriber, Subscription, TempQueue,
+};

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::Message;
+use crate::queue::Settle;
 
 /// Why an outbox was closed from outside its session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +40,8 @@ pub struct Delivery {
     pub ack_id: Option<ByteString>,
     /// Whether the message was delivered before (sent as `redelivered:true`).
     pub redelivered: bool,
+    /// For auto-acknowledged queue deliveries: to be called once written.
+    pub settle: Option<Settle>,
 }
 
 impl Delivery {
@@ -150,6 +153,17 @@ impl Outbox {
         self.push(Notification::Deliver(delivery), cost)
     }
 
+    /// Queues a delivery that the sender bounds by other means (a queue's prefetch), so
+    /// the byte limit is not applied. Refused only when the outbox is closed.
+    pub fn deliver_with_credit(&self, delivery: Delivery) -> Result<(), PushError> {
+        if self.is_closed() {
+            return Err(PushError::Closed);
+        }
+        let cost = delivery.cost();
+        self.shared.pending.fetch_add(cost, Ordering::AcqRel);
+        self.push(Notification::Deliver(delivery), cost)
+    }
+
     /// Queues a frame from the session itself. Counted, but never refused for size: the
     /// session produces these one per client frame, so they are bounded by the client.
     pub fn send_frame(&self, frame: Frame) -> Result<(), PushError> {
@@ -240,6 +254,7 @@ mod tests {
             subscription: "s".into(),
             ack_id: None,
             redelivered: false,
+            settle: None,
         }
     }
 

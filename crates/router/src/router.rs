@@ -1,12 +1,23 @@
 //! The router of one virtual host: where a destination is routed.
+//!
+//! Topics fan out through the [`TopicIndex`]; queues live in a map by name. A topic
+//! subscription that acknowledges (`client` or `client-individual`) gets a private queue
+//! fed by the topic, so acknowledgements, NACK and prefetch work the same on topics as
+//! on queues.
+//!
+//! Lock order: `topics`, then `queues`, then a queue's own state (see [`crate::queue`]).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use postbox_stomp::{ByteString, Headers};
+use tokio::time::Instant;
 
 use crate::outbox::{Delivery, Outbox, PushError};
+use crate::queue::{DeadLetter, Offer, Overflow, Queue, QueueSettings, Queued, UnknownAck};
 use crate::relay::{Interest, NoRelay, Relay};
 use crate::topic::{Entry, Pattern, TopicIndex};
 use crate::{Destination, Kind, Message, RouteError};
@@ -41,6 +52,12 @@ pub struct RouterConfig {
     pub vhost: String,
     /// A short id unique to this broker process, used in message ids.
     pub node_id: String,
+    /// Limits and policies of queues.
+    pub queue: QueueSettings,
+    /// A queue's dead letters go to the queue named like it plus this suffix.
+    pub dead_letter_suffix: String,
+    /// Unacknowledged messages per subscription when SUBSCRIBE has no `prefetch-count`.
+    pub default_prefetch: usize,
 }
 
 impl Default for RouterConfig {
@@ -48,6 +65,9 @@ impl Default for RouterConfig {
         RouterConfig {
             vhost: "/".into(),
             node_id: "local".into(),
+            queue: QueueSettings::default(),
+            dead_letter_suffix: ".dlq".into(),
+            default_prefetch: 1000,
         }
     }
 }
@@ -57,10 +77,14 @@ impl Default for RouterConfig {
 pub struct RouterStats {
     /// Messages accepted from publishers (local and relayed).
     pub published: AtomicU64,
-    /// Deliveries queued to subscribers.
+    /// Deliveries queued to topic subscribers.
     pub delivered: AtomicU64,
     /// Subscribers closed because they fell behind.
     pub slow_consumers: AtomicU64,
+    /// Messages sent to a reply queue whose connection had gone.
+    pub unroutable: AtomicU64,
+    /// Dead letters dropped because their queue has no dead-letter queue.
+    pub dead_letters_dropped: AtomicU64,
 }
 
 /// Who a subscription delivers to.
@@ -72,19 +96,29 @@ pub struct Subscriber {
     pub id: ByteString,
     /// How the subscription acknowledges.
     pub ack: AckMode,
+    /// Most unacknowledged messages (`prefetch-count`); `None` for the default.
+    pub prefetch: Option<usize>,
+    /// TTL for a queue this subscription creates (RabbitMQ's `x-message-ttl`).
+    pub queue_ttl: Option<Duration>,
 }
 
 /// Where a topic entry sends its matches.
 #[derive(Debug)]
-struct TopicSink {
-    outbox: Outbox,
-    subscription: ByteString,
+enum TopicSink {
+    /// Straight into a session's outbox (auto acknowledgement).
+    Direct {
+        outbox: Outbox,
+        subscription: ByteString,
+    },
+    /// Into the subscription's private queue (client acknowledgement).
+    Queue(Arc<Queue>),
 }
 
 #[derive(Debug)]
 struct Shared {
     config: RouterConfig,
     topics: Mutex<TopicIndex<TopicSink>>,
+    queues: Mutex<HashMap<ByteString, Arc<Queue>>>,
     relay: Arc<dyn Relay>,
     next_key: AtomicU64,
     next_message: AtomicU64,
@@ -112,6 +146,7 @@ impl Router {
             shared: Arc::new(Shared {
                 config,
                 topics: Mutex::default(),
+                queues: Mutex::default(),
                 relay,
                 next_key: AtomicU64::new(1),
                 next_message: AtomicU64::new(1),
@@ -130,8 +165,19 @@ impl Router {
         &self.shared.stats
     }
 
-    /// Subscribes to a destination. The subscription lasts until the returned handle is
-    /// dropped.
+    /// The queue called `destination`, if it exists.
+    pub fn queue(&self, destination: &str) -> Option<Arc<Queue>> {
+        self.lock_queues().get(destination).cloned()
+    }
+
+    fn next_key(&self) -> u64 {
+        self.shared.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
+    // ===== Subscribing =====
+
+    /// Subscribes to a topic or queue. The subscription lasts until the handle is dropped.
+    /// Temporary queues are subscribed through [`Router::subscribe_temp`].
     pub fn subscribe(
         &self,
         destination: &Destination,
@@ -139,28 +185,89 @@ impl Router {
     ) -> Result<Subscription, RouteError> {
         match destination.kind() {
             Kind::Topic => Ok(self.subscribe_topic(destination, subscriber)),
-            Kind::Queue | Kind::TempQueue => Err(RouteError::InvalidDestination {
-                destination: destination.to_string(),
-                reason: "queues are not available yet",
-            }),
+            Kind::Queue => {
+                let queue = self.queue_for(destination, subscriber.queue_ttl);
+                Ok(self.consume(queue, subscriber, Cleanup::Shared))
+            }
+            Kind::TempQueue | Kind::ReplyQueue => {
+                Err(RouteError::NotOwner(destination.to_string()))
+            }
+        }
+    }
+
+    /// Subscribes to the session's own temporary queue.
+    pub fn subscribe_temp(&self, temp: &TempQueue, subscriber: Subscriber) -> Subscription {
+        self.consume(temp.queue.clone(), subscriber, Cleanup::Owned)
+    }
+
+    fn prefetch(&self, subscriber: &Subscriber) -> usize {
+        match subscriber.prefetch {
+            None => self.shared.config.default_prefetch,
+            // RabbitMQ reads 0 as "no limit"; a hard cap still keeps memory bounded.
+            Some(0) => MAX_PREFETCH,
+            Some(n) => n.min(MAX_PREFETCH),
+        }
+    }
+
+    fn consume(&self, queue: Arc<Queue>, subscriber: Subscriber, cleanup: Cleanup) -> Subscription {
+        let key = self.next_key();
+        let prefetch = self.prefetch(&subscriber);
+        queue.add_consumer(
+            key,
+            subscriber.outbox,
+            subscriber.id,
+            subscriber.ack,
+            prefetch,
+        );
+        Subscription {
+            router: self.clone(),
+            key,
+            ack: subscriber.ack,
+            target: Target::Queue { queue, cleanup },
         }
     }
 
     fn subscribe_topic(&self, destination: &Destination, subscriber: Subscriber) -> Subscription {
-        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
+        let key = self.next_key();
         let name = ByteString::from(destination.name());
+        let (sink, queue) = match subscriber.ack {
+            AckMode::Auto => (
+                TopicSink::Direct {
+                    outbox: subscriber.outbox.clone(),
+                    subscription: subscriber.id.clone(),
+                },
+                None,
+            ),
+            AckMode::Client | AckMode::ClientIndividual => {
+                // A topic publisher never waits: a subscription that falls a whole queue
+                // behind is cut off as a slow consumer.
+                let settings = QueueSettings {
+                    overflow: Overflow::CloseConsumers,
+                    max_deliveries: 0,
+                    dead_letter: None,
+                    ttl: None,
+                    ..self.shared.config.queue.clone()
+                };
+                let queue = Queue::new(destination.clone(), settings);
+                let prefetch = self.prefetch(&subscriber);
+                queue.add_consumer(
+                    key,
+                    subscriber.outbox.clone(),
+                    subscriber.id.clone(),
+                    subscriber.ack,
+                    prefetch,
+                );
+                (TopicSink::Queue(queue.clone()), Some(queue))
+            }
+        };
         let entry = Arc::new(Entry {
             key,
             pattern: Pattern::parse(&name),
             name: name.clone(),
-            sink: TopicSink {
-                outbox: subscriber.outbox,
-                subscription: subscriber.id,
-            },
+            sink,
         });
         let wildcard = entry.pattern.is_some();
-        let first = self.lock_topics().insert(entry);
-        if first {
+        if self.lock_topics().insert(entry) {
             self.shared
                 .relay
                 .interest(self.vhost(), Interest::Added(name.to_string()));
@@ -168,19 +275,92 @@ impl Router {
         Subscription {
             router: self.clone(),
             key,
-            name,
-            wildcard,
+            ack: subscriber.ack,
+            target: Target::Topic {
+                name,
+                wildcard,
+                queue,
+            },
         }
     }
 
     fn unsubscribe_topic(&self, key: u64, name: &ByteString, wildcard: bool) {
-        let last = self.lock_topics().remove(key, name, wildcard);
-        if last {
+        if self.lock_topics().remove(key, name, wildcard) {
             self.shared
                 .relay
                 .interest(self.vhost(), Interest::Removed(name.to_string()));
         }
     }
+
+    /// Creates a temporary queue for one connection, reachable by others under the
+    /// returned `/reply-queue/...` name until the handle is dropped.
+    pub fn create_temp(&self, name: &str) -> Result<TempQueue, RouteError> {
+        let id = format!(
+            "{}-{}.{}",
+            self.shared.config.node_id,
+            self.next_key(),
+            name
+        );
+        let reply_to = Destination::new(Kind::ReplyQueue, &id)?;
+        let settings = QueueSettings {
+            dead_letter: None,
+            max_deliveries: 0,
+            ..self.shared.config.queue.clone()
+        };
+        let queue = Queue::new(reply_to.clone(), settings);
+        self.lock_queues()
+            .insert(reply_to.shared().clone(), queue.clone());
+        Ok(TempQueue {
+            router: self.clone(),
+            reply_to,
+            queue,
+        })
+    }
+
+    /// The queue for `destination`, created on first use.
+    fn queue_for(&self, destination: &Destination, ttl: Option<Duration>) -> Arc<Queue> {
+        let mut queues = self.lock_queues();
+        if let Some(queue) = queues.get(destination.shared()) {
+            return queue.clone();
+        }
+        let config = &self.shared.config;
+        let is_dead_letter_queue = destination.name().ends_with(&config.dead_letter_suffix);
+        let dead_letter = (!is_dead_letter_queue)
+            .then(|| {
+                Destination::new(
+                    Kind::Queue,
+                    &format!("{}{}", destination.name(), config.dead_letter_suffix),
+                )
+                .ok()
+            })
+            .flatten();
+        let settings = QueueSettings {
+            ttl: ttl.or(config.queue.ttl),
+            // A dead-letter queue keeps what it gets, however often it is refused.
+            max_deliveries: if is_dead_letter_queue {
+                0
+            } else {
+                config.queue.max_deliveries
+            },
+            dead_letter,
+            ..config.queue.clone()
+        };
+        let queue = Queue::new(destination.clone(), settings);
+        queues.insert(destination.shared().clone(), queue.clone());
+        queue
+    }
+
+    /// Forgets a queue that has neither consumers nor messages; it is created again on
+    /// next use, so this only frees memory.
+    fn forget_if_idle(&self, queue: &Arc<Queue>) {
+        let mut queues = self.lock_queues();
+        let current = queues.get(queue.destination().shared());
+        if current.is_some_and(|q| Arc::ptr_eq(q, queue)) && queue.delete_if_idle() {
+            queues.remove(queue.destination().shared());
+        }
+    }
+
+    // ===== Publishing =====
 
     /// A new broker-wide unique message id.
     pub fn next_message_id(&self) -> ByteString {
@@ -192,88 +372,304 @@ impl Router {
         ByteString::from(id)
     }
 
-    /// Publishes a SEND from a local client: routes it here and hands it to the relay.
+    /// Publishes a SEND from a local client: routes it here and, for topics, hands it to
+    /// the relay. For a full queue with the `block` policy this waits for room, which is
+    /// how producers are slowed down.
     pub async fn publish(
         &self,
         destination: Destination,
         headers: &Headers,
         body: Bytes,
     ) -> Result<Arc<Message>, RouteError> {
+        let expires_at = match headers.get("expiration") {
+            None => None,
+            Some(raw) => {
+                let ms: u64 = raw
+                    .trim()
+                    .parse()
+                    .map_err(|_| RouteError::InvalidExpiration(raw.chars().take(64).collect()))?;
+                Some(Instant::now() + Duration::from_millis(ms))
+            }
+        };
         let message = Arc::new(Message::from_send(
             self.next_message_id(),
             destination,
             headers,
             body,
         ));
+        self.shared.stats.published.fetch_add(1, Ordering::Relaxed);
         match message.destination().kind() {
             Kind::Topic => {
-                self.route_topic(&message);
+                self.route_topic(&message, expires_at);
                 self.shared.relay.forward(self.vhost(), &message);
             }
-            Kind::Queue | Kind::TempQueue => {
-                return Err(RouteError::InvalidDestination {
-                    destination: message.destination().to_string(),
-                    reason: "queues are not available yet",
-                });
+            Kind::Queue => {
+                let queue = self.queue_for(message.destination(), None);
+                self.enqueue(queue, Queued::new(message.clone(), expires_at, None))
+                    .await?;
+            }
+            Kind::ReplyQueue => {
+                let queue = self.queue(message.destination().as_str());
+                match queue {
+                    Some(queue) => {
+                        let ttl = queue.settings().ttl;
+                        self.enqueue(queue, Queued::new(message.clone(), expires_at, ttl))
+                            .await?
+                    }
+                    None => {
+                        // The requester has gone; like an unroutable reply in RabbitMQ.
+                        self.shared.stats.unroutable.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(destination = %message.destination(), "reply to a closed temporary queue dropped");
+                    }
+                }
+            }
+            Kind::TempQueue => {
+                return Err(RouteError::NotOwner(message.destination().to_string()));
             }
         }
         Ok(message)
     }
 
+    /// Offers to a queue, waiting for room under the `block` policy and following the
+    /// queue if it is replaced meanwhile.
+    async fn enqueue(&self, mut queue: Arc<Queue>, mut queued: Queued) -> Result<(), RouteError> {
+        if queued.expires_at.is_none() && queue.settings().ttl.is_some() {
+            queued = Queued::new(queued.message, None, queue.settings().ttl);
+        }
+        loop {
+            match queue.offer(queued) {
+                Offer::Accepted => return Ok(()),
+                Offer::Rejected => {
+                    return Err(RouteError::QueueFull(queue.destination().to_string()));
+                }
+                Offer::Full(back) => {
+                    queued = back;
+                    queue.room().await;
+                }
+                Offer::Deleted(back) => {
+                    queued = back;
+                    let destination = queue.destination().clone();
+                    queue = match destination.kind() {
+                        Kind::ReplyQueue => match self.queue(destination.as_str()) {
+                            Some(queue) => queue,
+                            None => return Ok(()),
+                        },
+                        _ => self.queue_for(&destination, None),
+                    };
+                }
+            }
+        }
+    }
+
     /// Delivers a message that came from another node to local subscribers only.
     pub fn publish_local(&self, message: Arc<Message>) {
+        self.shared.stats.published.fetch_add(1, Ordering::Relaxed);
         if message.destination().kind() == Kind::Topic {
-            self.route_topic(&message);
+            self.route_topic(&message, None);
         }
     }
 
     /// Fans a topic message out to every matching subscription.
-    fn route_topic(&self, message: &Arc<Message>) {
+    fn route_topic(&self, message: &Arc<Message>, expires_at: Option<Instant>) {
         let name = ByteString::from(message.destination().name());
         let matches = self.lock_topics().lookup(&name);
         let stats = &self.shared.stats;
-        stats.published.fetch_add(1, Ordering::Relaxed);
         let mut delivered = 0;
         for entry in matches.iter() {
-            let delivery = Delivery {
-                message: message.clone(),
-                subscription: entry.sink.subscription.clone(),
-                ack_id: None,
-                redelivered: false,
-            };
-            match entry.sink.outbox.deliver(delivery) {
-                Ok(()) => delivered += 1,
-                Err(PushError::Overflow) => {
-                    stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            match &entry.sink {
+                TopicSink::Direct {
+                    outbox,
+                    subscription,
+                } => {
+                    let delivery = Delivery {
+                        message: message.clone(),
+                        subscription: subscription.clone(),
+                        ack_id: None,
+                        redelivered: false,
+                        settle: None,
+                    };
+                    match outbox.deliver(delivery) {
+                        Ok(()) => delivered += 1,
+                        Err(PushError::Overflow) => {
+                            stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(PushError::Closed) => {}
+                    }
                 }
-                Err(PushError::Closed) => {}
+                TopicSink::Queue(queue) => {
+                    if let Offer::Accepted =
+                        queue.offer(Queued::new(message.clone(), expires_at, None))
+                    {
+                        delivered += 1;
+                    }
+                }
             }
         }
         stats.delivered.fetch_add(delivered, Ordering::Relaxed);
     }
 
-    fn lock_topics(&self) -> std::sync::MutexGuard<'_, TopicIndex<TopicSink>> {
+    /// Moves dead letters to their dead-letter queues, marked with why and from where.
+    fn bury(&self, letters: Vec<DeadLetter>) {
+        for letter in letters {
+            let Some(to) = letter.to else {
+                self.shared
+                    .stats
+                    .dead_letters_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let original = &letter.queued.message;
+            let mut headers = original.headers().clone();
+            headers.set("x-dead-letter-reason", letter.reason.as_str());
+            headers.set("x-original-destination", letter.from.as_str());
+            headers.set("x-delivery-count", letter.queued.deliveries.to_string());
+            let message = Arc::new(Message::new(
+                original.id().clone(),
+                to.clone(),
+                headers,
+                original.body().clone(),
+            ));
+            let mut queued = Queued::new(message, None, None);
+            // Dead letters are never refused: losing them would lose accepted messages.
+            loop {
+                match self.queue_for(&to, None).force(queued) {
+                    Ok(()) => break,
+                    Err(back) => queued = back,
+                }
+            }
+        }
+    }
+
+    fn lock_topics(&self) -> MutexGuard<'_, TopicIndex<TopicSink>> {
         // A panic while holding the lock cannot leave the index half-updated in a way
         // that matters more than stopping the broker would, so poisoning is ignored.
-        self.shared
-            .topics
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared.topics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_queues(&self) -> MutexGuard<'_, HashMap<ByteString, Arc<Queue>>> {
+        self.shared.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// An active subscription; dropping it unsubscribes.
+/// The most unacknowledged messages one subscription may hold.
+pub const MAX_PREFETCH: usize = 65_535;
+
+/// What happens to a queue when its consumer goes.
+#[derive(Debug, Clone, Copy)]
+enum Cleanup {
+    /// A shared queue: forgotten only when idle.
+    Shared,
+    /// A temporary queue: its [`TempQueue`] handle deletes it.
+    Owned,
+}
+
+#[derive(Debug)]
+enum Target {
+    Topic {
+        name: ByteString,
+        wildcard: bool,
+        /// The private queue of an acknowledging topic subscription.
+        queue: Option<Arc<Queue>>,
+    },
+    Queue {
+        queue: Arc<Queue>,
+        cleanup: Cleanup,
+    },
+}
+
+/// An active subscription; dropping it unsubscribes, and a queue gets back what the
+/// subscription had not acknowledged.
 #[derive(Debug)]
 pub struct Subscription {
     router: Router,
     key: u64,
-    name: ByteString,
-    wildcard: bool,
+    ack: AckMode,
+    target: Target,
+}
+
+impl Subscription {
+    /// The key that appears first in this subscription's `ack` ids.
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// The acknowledgement mode.
+    pub fn ack_mode(&self) -> AckMode {
+        self.ack
+    }
+
+    fn queue(&self) -> Option<&Arc<Queue>> {
+        match &self.target {
+            Target::Topic { queue, .. } => queue.as_ref(),
+            Target::Queue { queue, .. } => Some(queue),
+        }
+    }
+
+    /// Acknowledges delivery `tag` (cumulatively in `client` mode).
+    pub fn ack(&self, tag: u64) -> Result<(), UnknownAck> {
+        let queue = self.queue().ok_or(UnknownAck)?;
+        queue.ack(self.key, tag, self.ack == AckMode::Client)
+    }
+
+    /// Refuses delivery `tag` (cumulatively in `client` mode). With `requeue` the
+    /// messages are delivered again; without, or past the delivery limit, they go to the
+    /// dead-letter queue.
+    pub fn nack(&self, tag: u64, requeue: bool) -> Result<(), UnknownAck> {
+        let queue = self.queue().ok_or(UnknownAck)?;
+        let dead = queue.nack(self.key, tag, self.ack == AckMode::Client, requeue)?;
+        self.router.bury(dead);
+        Ok(())
+    }
+
+    /// The delivery tag of an unacknowledged message, by `message-id`.
+    pub fn tag_of(&self, message_id: &str) -> Option<u64> {
+        self.queue()?.tag_of(self.key, message_id)
+    }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.router
-            .unsubscribe_topic(self.key, &self.name, self.wildcard);
+        match &self.target {
+            Target::Topic {
+                name,
+                wildcard,
+                queue,
+            } => {
+                self.router.unsubscribe_topic(self.key, name, *wildcard);
+                if let Some(queue) = queue {
+                    queue.delete();
+                }
+            }
+            Target::Queue { queue, cleanup } => {
+                let (dead, idle) = queue.remove_consumer(self.key);
+                self.router.bury(dead);
+                if idle && matches!(cleanup, Cleanup::Shared) {
+                    self.router.forget_if_idle(queue);
+                }
+            }
+        }
+    }
+}
+
+/// A connection's temporary queue; dropping it deletes the queue and its messages
+/// (RabbitMQ's semantics for `/temp-queue/`).
+#[derive(Debug)]
+pub struct TempQueue {
+    router: Router,
+    reply_to: Destination,
+    queue: Arc<Queue>,
+}
+
+impl TempQueue {
+    /// The routable name to put in `reply-to`.
+    pub fn reply_to(&self) -> &Destination {
+        &self.reply_to
+    }
+}
+
+impl Drop for TempQueue {
+    fn drop(&mut self) {
+        self.router.lock_queues().remove(self.reply_to.shared());
+        self.queue.delete();
     }
 }

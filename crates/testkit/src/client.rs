@@ -34,6 +34,8 @@ pub struct Client {
     stream: TcpStream,
     buf: BytesMut,
     codec: StompCodec,
+    /// Frames that arrived while waiting for a receipt, handed out first.
+    held: std::collections::VecDeque<Frame>,
     /// Heart-beats received so far.
     pub heart_beats: usize,
 }
@@ -55,6 +57,7 @@ impl Client {
             stream,
             buf: BytesMut::new(),
             codec: StompCodec::new(Version::V1_2, limits),
+            held: std::collections::VecDeque::new(),
             heart_beats: 0,
         }
     }
@@ -106,6 +109,9 @@ impl Client {
 
     /// The next thing to arrive within `timeout`, heart-beats included.
     pub async fn receive(&mut self, timeout: Duration) -> Received {
+        if let Some(frame) = self.held.pop_front() {
+            return Received::Frame(frame);
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match self.codec.decode(&mut self.buf) {
@@ -154,10 +160,27 @@ impl Client {
         self.expect(Command::Error).await
     }
 
-    /// The next frame must be RECEIPT for `receipt`.
+    /// Waits for the RECEIPT for `receipt`. MESSAGE frames that arrive first (a
+    /// subscription may start delivering before its receipt) are kept for later reads.
     pub async fn expect_receipt(&mut self, receipt: &str) {
-        let frame = self.expect(Command::Receipt).await;
-        assert_eq!(frame.get("receipt-id"), Some(receipt), "{frame:?}");
+        let mut early = Vec::new();
+        loop {
+            let frame = match self.next_frame(DEFAULT_TIMEOUT).await {
+                Some(frame) => frame,
+                None => panic!("expected RECEIPT {receipt}, got nothing (closed or timed out)"),
+            };
+            match frame.command {
+                Command::Receipt => {
+                    assert_eq!(frame.get("receipt-id"), Some(receipt), "{frame:?}");
+                    break;
+                }
+                Command::Message => early.push(frame),
+                _ => panic!("expected RECEIPT {receipt}, got {frame:?}"),
+            }
+        }
+        for frame in early.into_iter().rev() {
+            self.held.push_front(frame);
+        }
     }
 
     /// The server must close the connection (within the timeout) without sending frames.

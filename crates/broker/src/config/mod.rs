@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches};
+use postbox_router::{MAX_PREFETCH, Overflow, QueueSettings, RouterConfig};
 use serde::{Deserialize, Serialize};
 
 use options::{Kind, OPTIONS, OptionSpec};
@@ -41,6 +42,13 @@ pub struct Config {
     pub max_subscriptions: usize,
     pub connect_timeout_ms: u64,
     pub outbound_buffer: usize,
+    pub queue_max_length: usize,
+    pub queue_max_bytes: usize,
+    pub queue_overflow: String,
+    pub queue_ttl_ms: u64,
+    pub max_deliveries: u32,
+    pub dead_letter_suffix: String,
+    pub default_prefetch: usize,
     pub heartbeat_send_ms: u64,
     pub heartbeat_receive_ms: u64,
     pub heartbeat_grace: f64,
@@ -188,6 +196,9 @@ impl Config {
             ("max-header-length", self.max_header_length),
             ("max-subscriptions", self.max_subscriptions),
             ("outbound-buffer", self.outbound_buffer),
+            ("queue-max-length", self.queue_max_length),
+            ("queue-max-bytes", self.queue_max_bytes),
+            ("default-prefetch", self.default_prefetch),
         ] {
             if value == 0 {
                 return invalid(option, "must be greater than 0".into());
@@ -201,6 +212,29 @@ impl Config {
         }
         if self.connect_timeout_ms == 0 {
             return invalid("connect-timeout-ms", "must be greater than 0".into());
+        }
+        if Overflow::parse(&self.queue_overflow).is_none() {
+            return invalid(
+                "queue-overflow",
+                format!(
+                    "'{}' is not block, reject or drop-head",
+                    self.queue_overflow
+                ),
+            );
+        }
+        if self.default_prefetch > MAX_PREFETCH {
+            return invalid(
+                "default-prefetch",
+                format!("must be at most {MAX_PREFETCH}"),
+            );
+        }
+        if self.dead_letter_suffix.is_empty()
+            || self.dead_letter_suffix.chars().any(char::is_control)
+        {
+            return invalid(
+                "dead-letter-suffix",
+                "must be non-empty printable text".into(),
+            );
         }
         if self.vhosts.iter().any(String::is_empty) {
             return invalid("vhosts", "names must not be empty".into());
@@ -216,6 +250,24 @@ impl Config {
     /// `connect-timeout-ms` as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The router settings for one virtual host.
+    pub fn router_config(&self, vhost: &str, node_id: &str) -> RouterConfig {
+        RouterConfig {
+            vhost: vhost.to_owned(),
+            node_id: node_id.to_owned(),
+            queue: QueueSettings {
+                max_length: self.queue_max_length,
+                max_bytes: self.queue_max_bytes,
+                overflow: Overflow::parse(&self.queue_overflow).unwrap_or(Overflow::Block),
+                max_deliveries: self.max_deliveries,
+                ttl: (self.queue_ttl_ms > 0).then(|| Duration::from_millis(self.queue_ttl_ms)),
+                dead_letter: None,
+            },
+            dead_letter_suffix: self.dead_letter_suffix.clone(),
+            default_prefetch: self.default_prefetch,
+        }
     }
 
     /// `drain-timeout-ms` as a duration.

@@ -118,6 +118,51 @@ pub const OPTIONS: &[OptionSpec] = &[
          disconnected as a slow consumer.",
     ),
     opt(
+        "queue-max-length",
+        Kind::Int,
+        "100000",
+        "Most ready messages in one queue.",
+    ),
+    opt(
+        "queue-max-bytes",
+        Kind::Int,
+        "67108864",
+        "Most bytes of ready message bodies in one queue.",
+    ),
+    opt(
+        "queue-overflow",
+        Kind::Str,
+        r#""block""#,
+        "When a queue is full: block (stop reading the producer until there is room), \
+         reject (ERROR to the producer) or drop-head (drop the oldest message).",
+    ),
+    opt(
+        "queue-ttl-ms",
+        Kind::Int,
+        "0",
+        "Time a message may wait in a queue before it expires (0: forever). A SUBSCRIBE \
+         that creates a queue may set its own with x-message-ttl.",
+    ),
+    opt(
+        "max-deliveries",
+        Kind::Int,
+        "10",
+        "Deliveries after which a message that keeps coming back moves to the dead-letter \
+         queue (0: never).",
+    ),
+    opt(
+        "dead-letter-suffix",
+        Kind::Str,
+        r#"".dlq""#,
+        "The dead-letter queue of /queue/NAME is /queue/NAME plus this suffix.",
+    ),
+    opt(
+        "default-prefetch",
+        Kind::Int,
+        "1000",
+        "Unacknowledged messages per subscription when SUBSCRIBE has no prefetch-count.",
+    ),
+    opt(
         "heartbeat-send-ms",
         Kind::Int,
         "10000",

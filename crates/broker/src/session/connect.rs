@@ -108,7 +108,11 @@ mod tests {
     }
 
     fn negotiate_with(headers: &[(&str, &str)]) -> Result<Negotiated, SessionError> {
-        negotiate(&connect(headers), &settings(), &Vhosts::new(&[], "n"))
+        negotiate(
+            &connect(headers),
+            &settings(),
+            &Vhosts::new(&crate::Config::defaults(), "n"),
+        )
     }
 
     #[test]

@@ -82,6 +82,17 @@ pub enum SessionError {
     /// BEGIN for a transaction id that is already open.
     #[error("transaction '{0}' is already open")]
     DuplicateTransaction(String),
+    /// More open transactions than allowed on one connection.
+    #[error("too many open transactions: at most {0} per connection")]
+    TooManyTransactions(usize),
+    /// More frames in one transaction than allowed.
+    #[error("transaction '{transaction}' holds more than {limit} frames")]
+    TransactionTooLarge {
+        /// The transaction id.
+        transaction: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The router refused a destination or a message.
     #[error("{0}")]
     Route(#[from] RouteError),

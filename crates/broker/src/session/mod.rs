@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postbox_router::{
-    AckMode, CloseReason, Destination, Outbox, Router, Subscriber, Subscription, outbox,
+    AckMode, CloseReason, Destination, Kind, Outbox, Router, Subscriber, Subscription, TempQueue,
+    outbox, parse_ack_id,
 };
 use postbox_stomp::headers::names;
 use postbox_stomp::{ByteString, Command, Frame, Item, Limits, StompCodec, Version, encode};
@@ -32,6 +33,12 @@ use writer::{Writer, WriterEnd};
 const MAX_TRANSACTIONS: usize = 64;
 /// Most frames staged in one transaction.
 const MAX_TRANSACTION_FRAMES: usize = 10_000;
+/// RabbitMQ's SUBSCRIBE header bounding unacknowledged messages.
+const PREFETCH_COUNT: &str = "prefetch-count";
+/// RabbitMQ's SUBSCRIBE header setting a new queue's message TTL.
+const MESSAGE_TTL: &str = "x-message-ttl";
+/// Where a requester wants replies.
+const REPLY_TO: &str = "reply-to";
 
 /// Session settings taken from the configuration.
 #[derive(Debug, Clone)]
@@ -153,7 +160,9 @@ where
         router: negotiated.router,
         outbox: outbox.clone(),
         subscriptions: HashMap::new(),
+        by_key: HashMap::new(),
         transactions: HashMap::new(),
+        temp_queues: HashMap::new(),
     };
     let writer = Writer::new(write, rx, outbox, negotiated.version, negotiated.send_every);
     let done = CancellationToken::new();
@@ -229,12 +238,25 @@ enum Flow {
     Disconnect,
 }
 
-/// A live subscription of the session.
+/// A frame held back until its transaction commits.
 #[derive(Debug)]
-struct Active {
-    #[allow(dead_code)] // read by ACK handling for client modes
-    ack: AckMode,
-    _handle: Subscription,
+enum Staged {
+    /// A SEND, already checked and rewritten.
+    Send(Destination, Frame),
+    /// An ACK or NACK resolved to its subscription and delivery tag.
+    Ack(Acknowledgement),
+}
+
+/// An ACK or NACK, resolved.
+#[derive(Debug)]
+struct Acknowledgement {
+    /// The subscription's client id.
+    subscription: ByteString,
+    tag: u64,
+    /// `None` for ACK; for NACK, whether to requeue.
+    nack: Option<bool>,
+    /// The header and value that named the message, for errors.
+    named_by: (&'static str, String),
 }
 
 /// The reading side's state: everything the client set up on this connection.
@@ -243,8 +265,14 @@ struct Session {
     version: Version,
     router: Router,
     outbox: Outbox,
-    subscriptions: HashMap<ByteString, Active>,
-    transactions: HashMap<ByteString, Vec<Frame>>,
+    /// Subscriptions by client id.
+    subscriptions: HashMap<ByteString, Subscription>,
+    /// Client ids by subscription key (the first part of `ack` ids).
+    by_key: HashMap<u64, ByteString>,
+    transactions: HashMap<ByteString, Vec<Staged>>,
+    /// Temporary queues by the name after `/temp-queue/`. Declared after the
+    /// subscriptions so those are dropped first.
+    temp_queues: HashMap<String, TempQueue>,
 }
 
 impl Session {
@@ -335,28 +363,60 @@ impl Session {
 
     // ===== SEND =====
 
-    async fn send(&mut self, frame: Frame) -> Result<Flow, SessionError> {
-        let destination = Destination::parse(required(&frame, names::DESTINATION)?)?;
+    async fn send(&mut self, mut frame: Frame) -> Result<Flow, SessionError> {
+        let mut destination = Destination::parse(required(&frame, names::DESTINATION)?)?;
+        if destination.kind() == Kind::TempQueue {
+            // The owner sending to its own temporary queue.
+            destination = self.temp_queue(destination.name())?.reply_to().clone();
+        }
+        if let Some(reply_to) = frame.get(REPLY_TO)
+            && let Some(name) = reply_to.strip_prefix(Kind::TempQueue.prefix())
+        {
+            let name = name.to_owned();
+            let routable = self.reply_queue(&name)?;
+            frame.headers.set(REPLY_TO, routable);
+        }
         if let Some(transaction) = frame.headers.get_shared(names::TRANSACTION).cloned() {
-            let staged = self
-                .transactions
-                .get_mut(&transaction)
-                .ok_or_else(|| SessionError::UnknownTransaction(error::shorten(&transaction)))?;
-            if staged.len() >= MAX_TRANSACTION_FRAMES {
-                return Err(SessionError::InvalidHeader {
-                    command: Command::Send,
-                    header: names::TRANSACTION,
-                    value: error::shorten(&transaction),
-                    expected: "a transaction of at most 10000 frames",
-                });
-            }
-            staged.push(frame);
+            self.stage(&transaction, Staged::Send(destination, frame))?;
             return Ok(Flow::Continue);
         }
         self.router
             .publish(destination, &frame.headers, frame.body)
             .await?;
         Ok(Flow::Continue)
+    }
+
+    /// The temporary queue `name`, created on first use.
+    fn temp_queue(&mut self, name: &str) -> Result<&TempQueue, SessionError> {
+        if !self.temp_queues.contains_key(name) {
+            let temp = self.router.create_temp(name)?;
+            self.temp_queues.insert(name.to_owned(), temp);
+        }
+        Ok(&self.temp_queues[name])
+    }
+
+    /// For `reply-to: /temp-queue/<name>`: makes sure the queue exists and that this
+    /// connection receives from it (subscribing it as `/temp-queue/<name>` unless the
+    /// client subscribed itself), and returns the routable name to put in `reply-to`.
+    fn reply_queue(&mut self, name: &str) -> Result<ByteString, SessionError> {
+        let reply_to = self.temp_queue(name)?.reply_to().shared().clone();
+        let id = ByteString::from(format!("{}{name}", Kind::TempQueue.prefix()));
+        let subscribed = self.subscriptions.contains_key(&id);
+        if !subscribed {
+            let subscriber = Subscriber {
+                outbox: self.outbox.clone(),
+                id: id.clone(),
+                ack: AckMode::Auto,
+                prefetch: None,
+                queue_ttl: None,
+            };
+            let subscription = self
+                .router
+                .subscribe_temp(&self.temp_queues[name], subscriber);
+            self.by_key.insert(subscription.key(), id.clone());
+            self.subscriptions.insert(id, subscription);
+        }
+        Ok(reply_to)
     }
 
     // ===== SUBSCRIBE / UNSUBSCRIBE =====
@@ -373,21 +433,18 @@ impl Session {
             None => AckMode::Auto,
             Some(value) => AckMode::parse(value)
                 .filter(|mode| self.version > Version::V1_0 || *mode != AckMode::ClientIndividual)
-                .ok_or_else(|| SessionError::InvalidHeader {
-                    command: Command::Subscribe,
-                    header: names::ACK,
-                    value: error::shorten(value),
-                    expected: "auto, client or client-individual",
+                .ok_or_else(|| {
+                    invalid(
+                        frame,
+                        names::ACK,
+                        value,
+                        "auto, client or client-individual",
+                    )
                 })?,
         };
-        if ack != AckMode::Auto {
-            return Err(SessionError::InvalidHeader {
-                command: Command::Subscribe,
-                header: names::ACK,
-                value: frame.get(names::ACK).unwrap_or_default().to_owned(),
-                expected: "auto (client acknowledgements are not available yet)",
-            });
-        }
+        let prefetch = number_header(frame, PREFETCH_COUNT, "a non-negative integer")?;
+        let queue_ttl = number_header(frame, MESSAGE_TTL, "a number of milliseconds")?
+            .map(|ms| Duration::from_millis(ms as u64));
         if self.subscriptions.contains_key(&id) {
             return Err(SessionError::DuplicateSubscription(error::shorten(&id)));
         }
@@ -401,15 +458,19 @@ impl Session {
             outbox: self.outbox.clone(),
             id: id.clone(),
             ack,
+            prefetch,
+            queue_ttl,
         };
-        let handle = self.router.subscribe(&destination, subscriber)?;
-        self.subscriptions.insert(
-            id,
-            Active {
-                ack,
-                _handle: handle,
-            },
-        );
+        let subscription = match destination.kind() {
+            Kind::TempQueue => {
+                self.temp_queue(destination.name())?;
+                let temp = &self.temp_queues[destination.name()];
+                self.router.subscribe_temp(temp, subscriber)
+            }
+            _ => self.router.subscribe(&destination, subscriber)?,
+        };
+        self.by_key.insert(subscription.key(), id.clone());
+        self.subscriptions.insert(id, subscription);
         Ok(Flow::Continue)
     }
 
@@ -419,9 +480,11 @@ impl Session {
             None if self.version == Version::V1_0 => required(frame, names::DESTINATION)?,
             None => return Err(missing(frame, names::ID)),
         };
-        self.subscriptions
+        let subscription = self
+            .subscriptions
             .remove(id)
             .ok_or_else(|| SessionError::UnknownSubscription(error::shorten(id)))?;
+        self.by_key.remove(&subscription.key());
         Ok(Flow::Continue)
     }
 
@@ -434,25 +497,75 @@ impl Session {
                 version: self.version,
             });
         }
-        let (what, id) = match self.version {
-            Version::V1_2 => (names::ID, required(frame, names::ID)?),
-            Version::V1_1 => {
-                required(frame, names::SUBSCRIPTION)?;
-                (names::MESSAGE_ID, required(frame, names::MESSAGE_ID)?)
+        let resolved = self.resolve_ack(frame)?;
+        match frame.headers.get_shared(names::TRANSACTION) {
+            Some(transaction) => {
+                let transaction = transaction.clone();
+                self.stage(&transaction, Staged::Ack(resolved))?;
             }
-            Version::V1_0 => (names::MESSAGE_ID, required(frame, names::MESSAGE_ID)?),
-        };
-        if let Some(transaction) = frame.get(names::TRANSACTION)
-            && !self.transactions.contains_key(transaction)
-        {
-            return Err(SessionError::UnknownTransaction(error::shorten(
-                transaction,
-            )));
+            None => self.apply_ack(resolved)?,
         }
-        Err(SessionError::UnknownAck {
+        Ok(Flow::Continue)
+    }
+
+    /// Finds the subscription and delivery an ACK or NACK names: by `id` in 1.2, by
+    /// `message-id` (and `subscription` in 1.1) before.
+    fn resolve_ack(&self, frame: &Frame) -> Result<Acknowledgement, SessionError> {
+        let nack = (frame.command == Command::Nack).then(|| frame.get("requeue") != Some("false"));
+        let unknown = |what: &'static str, id: &str| SessionError::UnknownAck {
             what,
             id: error::shorten(id),
-        })
+        };
+        let found = |subscription: &ByteString, tag: u64, what, id: &str| Acknowledgement {
+            subscription: subscription.clone(),
+            tag,
+            nack,
+            named_by: (what, error::shorten(id)),
+        };
+        if self.version == Version::V1_2 {
+            let id = required(frame, names::ID)?;
+            let (key, tag) = parse_ack_id(id).ok_or_else(|| unknown(names::ID, id))?;
+            let subscription = self
+                .by_key
+                .get(&key)
+                .ok_or_else(|| unknown(names::ID, id))?;
+            return Ok(found(subscription, tag, names::ID, id));
+        }
+        let message_id = required(frame, names::MESSAGE_ID)?;
+        let candidates: Vec<&ByteString> = match (self.version, frame.get(names::SUBSCRIPTION)) {
+            (Version::V1_1, None) => return Err(missing(frame, names::SUBSCRIPTION)),
+            (_, Some(id)) => {
+                let (id, _) = self
+                    .subscriptions
+                    .get_key_value(id)
+                    .ok_or_else(|| SessionError::UnknownSubscription(error::shorten(id)))?;
+                vec![id]
+            }
+            (_, None) => self.subscriptions.keys().collect(),
+        };
+        candidates
+            .into_iter()
+            .find_map(|id| {
+                let tag = self.subscriptions[id].tag_of(message_id)?;
+                Some(found(id, tag, names::MESSAGE_ID, message_id))
+            })
+            .ok_or_else(|| unknown(names::MESSAGE_ID, message_id))
+    }
+
+    fn apply_ack(&self, ack: Acknowledgement) -> Result<(), SessionError> {
+        let unknown = || SessionError::UnknownAck {
+            what: ack.named_by.0,
+            id: ack.named_by.1.clone(),
+        };
+        let subscription = self
+            .subscriptions
+            .get(&ack.subscription)
+            .ok_or_else(unknown)?;
+        match ack.nack {
+            None => subscription.ack(ack.tag),
+            Some(requeue) => subscription.nack(ack.tag, requeue),
+        }
+        .map_err(|_| unknown())
     }
 
     // ===== Transactions =====
@@ -465,24 +578,41 @@ impl Session {
             )));
         }
         if self.transactions.len() >= MAX_TRANSACTIONS {
-            return Err(SessionError::InvalidHeader {
-                command: Command::Begin,
-                header: names::TRANSACTION,
-                value: error::shorten(transaction),
-                expected: "at most 64 open transactions per connection",
-            });
+            return Err(SessionError::TooManyTransactions(MAX_TRANSACTIONS));
         }
         self.transactions.insert(transaction.clone(), Vec::new());
         Ok(Flow::Continue)
     }
 
+    /// Holds a SEND, ACK or NACK back until its transaction commits.
+    fn stage(&mut self, transaction: &ByteString, staged: Staged) -> Result<(), SessionError> {
+        let frames = self
+            .transactions
+            .get_mut(transaction)
+            .ok_or_else(|| SessionError::UnknownTransaction(error::shorten(transaction)))?;
+        if frames.len() >= MAX_TRANSACTION_FRAMES {
+            return Err(SessionError::TransactionTooLarge {
+                transaction: error::shorten(transaction),
+                limit: MAX_TRANSACTION_FRAMES,
+            });
+        }
+        frames.push(staged);
+        Ok(())
+    }
+
+    /// Applies a transaction's frames in order, with no frame of this connection in
+    /// between.
     async fn commit(&mut self, frame: &Frame) -> Result<Flow, SessionError> {
         let staged = self.take_transaction(frame)?;
-        for send in staged {
-            let destination = Destination::parse(required(&send, names::DESTINATION)?)?;
-            self.router
-                .publish(destination, &send.headers, send.body)
-                .await?;
+        for item in staged {
+            match item {
+                Staged::Send(destination, send) => {
+                    self.router
+                        .publish(destination, &send.headers, send.body)
+                        .await?;
+                }
+                Staged::Ack(ack) => self.apply_ack(ack)?,
+            }
         }
         Ok(Flow::Continue)
     }
@@ -492,7 +622,7 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    fn take_transaction(&mut self, frame: &Frame) -> Result<Vec<Frame>, SessionError> {
+    fn take_transaction(&mut self, frame: &Frame) -> Result<Vec<Staged>, SessionError> {
         let transaction = required(frame, names::TRANSACTION)?;
         self.transactions
             .remove(transaction)
@@ -506,6 +636,37 @@ fn required<'f>(frame: &'f Frame, header: &'static str) -> Result<&'f ByteString
         .headers
         .get_shared(header)
         .ok_or_else(|| missing(frame, header))
+}
+
+/// A numeric header, if present.
+fn number_header(
+    frame: &Frame,
+    header: &'static str,
+    expected: &'static str,
+) -> Result<Option<usize>, SessionError> {
+    frame
+        .get(header)
+        .map(|value| {
+            value
+                .trim()
+                .parse()
+                .map_err(|_| invalid(frame, header, value, expected))
+        })
+        .transpose()
+}
+
+fn invalid(
+    frame: &Frame,
+    header: &'static str,
+    value: &str,
+    expected: &'static str,
+) -> SessionError {
+    SessionError::InvalidHeader {
+        command: frame.command,
+        header,
+        value: error::shorten(value),
+        expected,
+    }
 }
 
 fn missing(frame: &Frame, header: &'static str) -> SessionError {

@@ -5,7 +5,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use postbox_router::{Delivery, Notification, Outbox, OutboxReceiver};
+use postbox_router::{Delivery, Notification, Outbox, OutboxReceiver, Settle};
 use postbox_stomp::headers::names;
 use postbox_stomp::{Version, encode};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -43,6 +43,8 @@ pub struct Writer<W> {
     version: Version,
     heart_beat: Option<Duration>,
     buf: BytesMut,
+    /// Auto-acknowledged queue deliveries in the buffer, settled once written.
+    settles: Vec<Settle>,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
@@ -62,6 +64,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             version,
             heart_beat,
             buf: BytesMut::new(),
+            settles: Vec::new(),
         }
     }
 
@@ -96,7 +99,12 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             for notification in batch.drain(..) {
                 cost += notification.cost();
                 match notification {
-                    Notification::Deliver(delivery) => self.put_delivery(&delivery),
+                    Notification::Deliver(mut delivery) => {
+                        self.put_delivery(&delivery);
+                        if let Some(settle) = delivery.settle.take() {
+                            self.settles.push(settle);
+                        }
+                    }
                     Notification::Frame(frame) => {
                         encode::encode_frame(&frame, self.version, &mut self.buf)
                     }
@@ -120,6 +128,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             if let Err(error) = written {
                 return WriterEnd::Io(error);
             }
+            Settle::written_all(&mut self.settles);
             if close {
                 return WriterEnd::Closed;
             }

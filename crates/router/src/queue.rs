@@ -1,0 +1,930 @@
+//! Queues: each message goes to exactly one consumer.
+//!
+//! A queue holds ready messages in order and a list of consumers. Consumers with credit
+//! (fewer unacknowledged messages than their prefetch) are served round-robin. A message
+//! stays unacknowledged until the consumer ACKs it (client modes) or until it has been
+//! written to the consumer's socket (auto mode), so a consumer that goes away hands
+//! everything it had not finished back to the queue, ahead of newer messages.
+//!
+//! Lock order: the router's queue map, then a queue's state. Nothing is awaited and no
+//! other lock is taken while a queue's state is locked; pushing into an outbox does not
+//! block.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use postbox_stomp::ByteString;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::outbox::{CloseReason, Delivery, Outbox};
+use crate::{AckMode, Destination, Message};
+
+/// What a queue does when a message arrives and it is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// The producer waits (its socket is not read) until there is room.
+    Block,
+    /// The SEND is refused with an ERROR.
+    Reject,
+    /// The oldest ready message is dropped to make room.
+    DropHead,
+    /// The consumers are disconnected as slow (a topic subscription's private queue: a
+    /// topic publisher never waits).
+    CloseConsumers,
+}
+
+impl Overflow {
+    /// Parses a configuration value: `block`, `reject` or `drop-head`.
+    pub fn parse(value: &str) -> Option<Overflow> {
+        match value {
+            "block" => Some(Overflow::Block),
+            "reject" => Some(Overflow::Reject),
+            "drop-head" => Some(Overflow::DropHead),
+            _ => None,
+        }
+    }
+}
+
+/// The limits and policies of one queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueSettings {
+    /// Most ready messages.
+    pub max_length: usize,
+    /// Most bytes of ready message bodies.
+    pub max_bytes: usize,
+    /// What happens when a limit is reached.
+    pub overflow: Overflow,
+    /// Deliveries after which a refused message is dead-lettered (0: never).
+    pub max_deliveries: u32,
+    /// Time a message may wait before it expires (`None`: forever).
+    pub ttl: Option<Duration>,
+    /// Where dead letters go (`None`: they are dropped and counted).
+    pub dead_letter: Option<Destination>,
+}
+
+impl Default for QueueSettings {
+    fn default() -> QueueSettings {
+        QueueSettings {
+            max_length: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+            overflow: Overflow::Block,
+            max_deliveries: 10,
+            ttl: None,
+            dead_letter: None,
+        }
+    }
+}
+
+/// Counters of one queue.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    /// Messages accepted.
+    pub enqueued: AtomicU64,
+    /// Deliveries to consumers, redeliveries included.
+    pub delivered: AtomicU64,
+    /// Deliveries of messages delivered before.
+    pub redelivered: AtomicU64,
+    /// Messages acknowledged.
+    pub acked: AtomicU64,
+    /// Messages that expired before delivery.
+    pub expired: AtomicU64,
+    /// Messages moved to the dead-letter queue (or dropped when there is none).
+    pub dead_lettered: AtomicU64,
+    /// Messages dropped by the `drop-head` policy.
+    pub dropped: AtomicU64,
+}
+
+/// A message waiting in a queue or awaiting acknowledgement.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The message.
+    pub message: Arc<Message>,
+    /// How many times it was delivered.
+    pub deliveries: u32,
+    /// When it expires.
+    pub expires_at: Option<Instant>,
+}
+
+impl Queued {
+    /// A message that was never delivered, expiring at the earlier of its own deadline
+    /// and the queue's TTL.
+    pub fn new(
+        message: Arc<Message>,
+        expires_at: Option<Instant>,
+        ttl: Option<Duration>,
+    ) -> Queued {
+        let queue_deadline = ttl.map(|ttl| Instant::now() + ttl);
+        let expires_at = match (expires_at, queue_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Queued {
+            message,
+            deliveries: 0,
+            expires_at,
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.message.body().len()
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// Why a message left a queue for the dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathReason {
+    /// NACKed with `requeue:false`.
+    Rejected,
+    /// Delivered `max-deliveries` times without being acknowledged.
+    DeliveryLimit,
+}
+
+impl DeathReason {
+    /// The value of the `x-dead-letter-reason` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::DeliveryLimit => "delivery-limit",
+        }
+    }
+}
+
+/// A message on its way to a dead-letter queue.
+#[derive(Debug)]
+pub struct DeadLetter {
+    /// The message and its delivery count.
+    pub queued: Queued,
+    /// Why.
+    pub reason: DeathReason,
+    /// The queue it left.
+    pub from: Destination,
+    /// Where it goes; `None` drops it (it is still counted).
+    pub to: Option<Destination>,
+}
+
+/// An ACK or NACK that matches nothing awaiting acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownAck;
+
+/// Result of offering a message to a queue.
+#[derive(Debug)]
+pub enum Offer {
+    /// Stored (possibly after dropping the oldest message).
+    Accepted,
+    /// Full with the `block` policy: wait for room and offer again.
+    Full(Queued),
+    /// Full with the `reject` policy.
+    Rejected,
+    /// The queue was deleted meanwhile: look it up again.
+    Deleted(Queued),
+}
+
+/// A consumer's settlement handle for an auto-acknowledged delivery: the writer calls
+/// [`Settle::written`] once the message is on the wire.
+#[derive(Debug, Clone)]
+pub struct Settle {
+    queue: Arc<Queue>,
+    consumer: u64,
+    tag: u64,
+}
+
+impl Settle {
+    /// The delivery reached the socket: it counts as acknowledged.
+    pub fn written(self) {
+        let _ = self.queue.settle(self.consumer, &[self.tag]);
+    }
+
+    /// Settles many deliveries; consecutive ones of the same consumer share one lock.
+    pub fn written_all(settles: &mut Vec<Settle>) {
+        let mut tags = Vec::new();
+        let mut start = 0;
+        while start < settles.len() {
+            let first = &settles[start];
+            let mut end = start;
+            tags.clear();
+            while end < settles.len()
+                && Arc::ptr_eq(&settles[end].queue, &first.queue)
+                && settles[end].consumer == first.consumer
+            {
+                tags.push(settles[end].tag);
+                end += 1;
+            }
+            let _ = first.queue.settle(first.consumer, &tags);
+            start = end;
+        }
+        settles.clear();
+    }
+}
+
+#[derive(Debug)]
+struct Consumer {
+    key: u64,
+    outbox: Outbox,
+    subscription: ByteString,
+    ack: AckMode,
+    prefetch: usize,
+    /// Delivered and not yet acknowledged, by delivery tag (tags only grow).
+    unacked: BTreeMap<u64, Queued>,
+}
+
+impl Consumer {
+    fn has_credit(&self) -> bool {
+        !self.outbox.is_closed() && self.unacked.len() < self.prefetch
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    ready: VecDeque<Queued>,
+    ready_bytes: usize,
+    consumers: Vec<Consumer>,
+    cursor: usize,
+    deleted: bool,
+}
+
+/// Delivery tags, unique in the process.
+static NEXT_TAG: AtomicU64 = AtomicU64::new(1);
+
+/// One queue.
+#[derive(Debug)]
+pub struct Queue {
+    destination: Destination,
+    settings: QueueSettings,
+    state: Mutex<State>,
+    space: Notify,
+    stats: QueueStats,
+}
+
+impl Queue {
+    /// An empty queue.
+    pub fn new(destination: Destination, settings: QueueSettings) -> Arc<Queue> {
+        Arc::new(Queue {
+            destination,
+            settings,
+            state: Mutex::default(),
+            space: Notify::new(),
+            stats: QueueStats::default(),
+        })
+    }
+
+    /// The queue's destination.
+    pub fn destination(&self) -> &Destination {
+        &self.destination
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &QueueSettings {
+        &self.settings
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &QueueStats {
+        &self.stats
+    }
+
+    /// Ready messages and consumers, for introspection.
+    pub fn depth(&self) -> (usize, usize) {
+        let state = self.lock();
+        let unacked = state.consumers.iter().map(|c| c.unacked.len()).sum();
+        (state.ready.len(), unacked)
+    }
+
+    /// Number of consumers.
+    pub fn consumer_count(&self) -> usize {
+        self.lock().consumers.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Offers a message, applying the overflow policy when full.
+    pub fn offer(self: &Arc<Queue>, queued: Queued) -> Offer {
+        let mut state = self.lock();
+        if state.deleted {
+            return Offer::Deleted(queued);
+        }
+        let size = queued.size();
+        let full = |state: &State| self.is_full(state, size);
+        if full(&state) {
+            match self.settings.overflow {
+                Overflow::Block => return Offer::Full(queued),
+                Overflow::Reject => return Offer::Rejected,
+                Overflow::DropHead => {
+                    while full(&state) {
+                        let Some(dropped) = state.ready.pop_front() else {
+                            break;
+                        };
+                        state.ready_bytes -= dropped.size();
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Overflow::CloseConsumers => {
+                    for consumer in &state.consumers {
+                        consumer.outbox.close(CloseReason::SlowConsumer {
+                            limit: self.settings.max_length,
+                        });
+                    }
+                    return Offer::Rejected;
+                }
+            }
+        }
+        state.ready_bytes += size;
+        state.ready.push_back(queued);
+        self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
+        self.dispatch(&mut state);
+        Offer::Accepted
+    }
+
+    /// Stores a message whatever the limits (dead letters must not be lost).
+    pub fn force(self: &Arc<Queue>, queued: Queued) -> Result<(), Queued> {
+        let mut state = self.lock();
+        if state.deleted {
+            return Err(queued);
+        }
+        state.ready_bytes += queued.size();
+        state.ready.push_back(queued);
+        self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
+        self.dispatch(&mut state);
+        Ok(())
+    }
+
+    /// Waits until the queue may have room (after a [`Offer::Full`]).
+    pub async fn room(&self) {
+        let notified = self.space.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let state = self.lock();
+            if state.deleted || !self.is_full(&state, 0) {
+                return;
+            }
+        }
+        notified.await;
+    }
+
+    /// Whether a message of `size` body bytes would pass a limit. A single message
+    /// larger than `max_bytes` still fits in an empty queue.
+    fn is_full(&self, state: &State, size: usize) -> bool {
+        state.ready.len() >= self.settings.max_length
+            || (state.ready_bytes + size > self.settings.max_bytes && !state.ready.is_empty())
+    }
+
+    /// Adds a consumer and serves it whatever is ready.
+    pub fn add_consumer(
+        self: &Arc<Queue>,
+        key: u64,
+        outbox: Outbox,
+        subscription: ByteString,
+        ack: AckMode,
+        prefetch: usize,
+    ) {
+        let mut state = self.lock();
+        state.consumers.push(Consumer {
+            key,
+            outbox,
+            subscription,
+            ack,
+            prefetch,
+            unacked: BTreeMap::new(),
+        });
+        self.dispatch(&mut state);
+    }
+
+    /// Removes a consumer; what it had not acknowledged goes back to the front of the
+    /// queue in delivery order, or to the dead-letter queue past the delivery limit.
+    /// Returns the dead letters and whether the queue is now idle (no consumers, no
+    /// messages).
+    pub fn remove_consumer(self: &Arc<Queue>, key: u64) -> (Vec<DeadLetter>, bool) {
+        let mut state = self.lock();
+        let Some(index) = state.consumers.iter().position(|c| c.key == key) else {
+            return (Vec::new(), false);
+        };
+        let consumer = state.consumers.remove(index);
+        if state.cursor > index {
+            state.cursor -= 1;
+        }
+        let unwritten = consumer.ack == AckMode::Auto;
+        let mut dead = Vec::new();
+        self.requeue(
+            &mut state,
+            consumer.unacked.into_values(),
+            unwritten,
+            &mut dead,
+        );
+        self.dispatch(&mut state);
+        let idle = state.consumers.is_empty() && state.ready.is_empty();
+        (dead, idle)
+    }
+
+    /// Puts messages back at the front, oldest first.
+    fn requeue(
+        &self,
+        state: &mut State,
+        items: impl DoubleEndedIterator<Item = Queued>,
+        unwritten: bool,
+        dead: &mut Vec<DeadLetter>,
+    ) {
+        let now = Instant::now();
+        for mut item in items.rev() {
+            if unwritten {
+                // Never reached the socket: not a real delivery.
+                item.deliveries = item.deliveries.saturating_sub(1);
+            }
+            if item.expired(now) {
+                self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if self.settings.max_deliveries > 0 && item.deliveries >= self.settings.max_deliveries {
+                dead.push(self.dead_letter(item, DeathReason::DeliveryLimit));
+                continue;
+            }
+            state.ready_bytes += item.size();
+            state.ready.push_front(item);
+        }
+    }
+
+    fn dead_letter(&self, queued: Queued, reason: DeathReason) -> DeadLetter {
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        DeadLetter {
+            queued,
+            reason,
+            from: self.destination.clone(),
+            to: self.settings.dead_letter.clone(),
+        }
+    }
+
+    /// Acknowledges `tag` (and, cumulatively, every earlier delivery to the consumer).
+    pub fn ack(self: &Arc<Queue>, key: u64, tag: u64, cumulative: bool) -> Result<(), UnknownAck> {
+        let mut state = self.lock();
+        let consumer = state
+            .consumers
+            .iter_mut()
+            .find(|c| c.key == key)
+            .ok_or(UnknownAck)?;
+        let taken = take(&mut consumer.unacked, tag, cumulative)?;
+        self.stats
+            .acked
+            .fetch_add(taken.len() as u64, Ordering::Relaxed);
+        self.dispatch(&mut state);
+        Ok(())
+    }
+
+    /// Refuses `tag` (cumulatively in client mode): the messages go back to the front of
+    /// the queue, or to the dead-letter queue when `requeue` is false or the delivery
+    /// limit is reached.
+    pub fn nack(
+        self: &Arc<Queue>,
+        key: u64,
+        tag: u64,
+        cumulative: bool,
+        requeue: bool,
+    ) -> Result<Vec<DeadLetter>, UnknownAck> {
+        let mut state = self.lock();
+        let consumer = state
+            .consumers
+            .iter_mut()
+            .find(|c| c.key == key)
+            .ok_or(UnknownAck)?;
+        let taken = take(&mut consumer.unacked, tag, cumulative)?;
+        let mut dead = Vec::new();
+        if requeue {
+            self.requeue(&mut state, taken.into_iter(), false, &mut dead);
+        } else {
+            dead.extend(
+                taken
+                    .into_iter()
+                    .map(|q| self.dead_letter(q, DeathReason::Rejected)),
+            );
+        }
+        self.dispatch(&mut state);
+        Ok(dead)
+    }
+
+    /// The delivery tag of `message_id` among the consumer's unacknowledged messages
+    /// (STOMP 1.0 and 1.1 acknowledge by message id).
+    pub fn tag_of(&self, key: u64, message_id: &str) -> Option<u64> {
+        let state = self.lock();
+        let consumer = state.consumers.iter().find(|c| c.key == key)?;
+        consumer
+            .unacked
+            .iter()
+            .find(|(_, q)| q.message.id() == message_id)
+            .map(|(tag, _)| *tag)
+    }
+
+    /// Auto-acknowledged deliveries were written.
+    fn settle(self: &Arc<Queue>, key: u64, tags: &[u64]) -> Result<(), UnknownAck> {
+        let mut state = self.lock();
+        let consumer = state
+            .consumers
+            .iter_mut()
+            .find(|c| c.key == key)
+            .ok_or(UnknownAck)?;
+        let mut settled = 0;
+        for tag in tags {
+            settled += u64::from(consumer.unacked.remove(tag).is_some());
+        }
+        self.stats.acked.fetch_add(settled, Ordering::Relaxed);
+        self.dispatch(&mut state);
+        Ok(())
+    }
+
+    /// Marks the queue deleted and drops its content; returns the messages that were
+    /// still held (for counting) and wakes blocked producers so they look again.
+    pub fn delete(&self) -> usize {
+        let mut state = self.lock();
+        state.deleted = true;
+        let held = state.ready.len()
+            + state
+                .consumers
+                .iter()
+                .map(|c| c.unacked.len())
+                .sum::<usize>();
+        state.ready.clear();
+        state.ready_bytes = 0;
+        state.consumers.clear();
+        drop(state);
+        self.space.notify_waiters();
+        held
+    }
+
+    /// Whether the queue has no consumers and no messages; if so and `delete_if_idle`,
+    /// marks it deleted (under the same lock, so no message can slip in between).
+    pub fn delete_if_idle(&self) -> bool {
+        let mut state = self.lock();
+        let idle = state.consumers.is_empty() && state.ready.is_empty() && !state.deleted;
+        if idle {
+            state.deleted = true;
+        }
+        drop(state);
+        if idle {
+            self.space.notify_waiters();
+        }
+        idle
+    }
+
+    /// Serves ready messages to consumers with credit, round-robin.
+    fn dispatch(self: &Arc<Queue>, state: &mut State) {
+        let before = state.ready.len();
+        let now = Instant::now();
+        while !state.ready.is_empty() && !state.consumers.is_empty() {
+            let count = state.consumers.len();
+            let Some(index) = (0..count)
+                .map(|i| (state.cursor + i) % count)
+                .find(|&i| state.consumers[i].has_credit())
+            else {
+                break;
+            };
+            let mut item = state.ready.pop_front().expect("not empty");
+            state.ready_bytes -= item.size();
+            if item.expired(now) {
+                self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            item.deliveries += 1;
+            let tag = NEXT_TAG.fetch_add(1, Ordering::Relaxed);
+            let consumer = &mut state.consumers[index];
+            let auto = consumer.ack == AckMode::Auto;
+            let delivery = Delivery {
+                message: item.message.clone(),
+                subscription: consumer.subscription.clone(),
+                ack_id: (!auto).then(|| ack_id(consumer.key, tag)),
+                redelivered: item.deliveries > 1,
+                settle: auto.then(|| Settle {
+                    queue: self.clone(),
+                    consumer: consumer.key,
+                    tag,
+                }),
+            };
+            if consumer.outbox.deliver_with_credit(delivery).is_err() {
+                // The consumer's session is closing; keep the message for the others.
+                item.deliveries -= 1;
+                state.ready_bytes += item.size();
+                state.ready.push_front(item);
+                continue;
+            }
+            self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            if item.deliveries > 1 {
+                self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
+            }
+            consumer.unacked.insert(tag, item);
+            state.cursor = (index + 1) % count;
+        }
+        if state.ready.len() < before {
+            self.space.notify_waiters();
+        }
+    }
+}
+
+/// Takes `tag` (and every earlier one when `cumulative`) out of `unacked`.
+fn take(
+    unacked: &mut BTreeMap<u64, Queued>,
+    tag: u64,
+    cumulative: bool,
+) -> Result<Vec<Queued>, UnknownAck> {
+    if !unacked.contains_key(&tag) {
+        return Err(UnknownAck);
+    }
+    if !cumulative {
+        return Ok(vec![unacked.remove(&tag).expect("checked")]);
+    }
+    let rest = unacked.split_off(&(tag + 1));
+    let taken = std::mem::replace(unacked, rest);
+    Ok(taken.into_values().collect())
+}
+
+/// The `ack` header value of a delivery: the consumer key and the delivery tag.
+pub fn ack_id(consumer: u64, tag: u64) -> ByteString {
+    let mut buffer = itoa::Buffer::new();
+    let mut id = String::with_capacity(24);
+    id.push_str(buffer.format(consumer));
+    id.push('.');
+    id.push_str(buffer.format(tag));
+    ByteString::from(id)
+}
+
+/// Splits an `ack` header value into consumer key and delivery tag.
+pub fn parse_ack_id(id: &str) -> Option<(u64, u64)> {
+    let (consumer, tag) = id.split_once('.')?;
+    Some((consumer.parse().ok()?, tag.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Notification, OutboxReceiver, outbox};
+    use bytes::Bytes;
+    use postbox_stomp::Headers;
+
+    fn queue(settings: QueueSettings) -> Arc<Queue> {
+        let destination = Destination::parse(&"/queue/jobs".into()).unwrap();
+        Queue::new(destination, settings)
+    }
+
+    fn message(body: &str) -> Queued {
+        let destination = Destination::parse(&"/queue/jobs".into()).unwrap();
+        let message = Message::new(
+            format!("m-{body}").into(),
+            destination,
+            Headers::new(),
+            Bytes::from(body.to_owned()),
+        );
+        Queued::new(Arc::new(message), None, None)
+    }
+
+    fn offer(queue: &Arc<Queue>, body: &str) {
+        assert!(matches!(queue.offer(message(body)), Offer::Accepted));
+    }
+
+    struct TestConsumer {
+        rx: OutboxReceiver,
+        _outbox: Outbox,
+    }
+
+    fn consumer(queue: &Arc<Queue>, key: u64, ack: AckMode, prefetch: usize) -> TestConsumer {
+        let (outbox, rx) = outbox(1 << 30);
+        queue.add_consumer(key, outbox.clone(), "sub".into(), ack, prefetch);
+        TestConsumer {
+            rx,
+            _outbox: outbox,
+        }
+    }
+
+    impl TestConsumer {
+        /// (body, ack tag, redelivered) of everything delivered so far.
+        fn received(&mut self) -> Vec<(String, u64, bool)> {
+            let mut out = Vec::new();
+            while let Some(Notification::Deliver(delivery)) = self.rx.try_recv() {
+                let tag = delivery
+                    .ack_id
+                    .as_deref()
+                    .and_then(parse_ack_id)
+                    .map(|(_, tag)| tag)
+                    .or(delivery.settle.as_ref().map(|s| s.tag))
+                    .unwrap();
+                let body = String::from_utf8(delivery.message.body().to_vec()).unwrap();
+                out.push((body, tag, delivery.redelivered));
+            }
+            out
+        }
+
+        fn bodies(&mut self) -> Vec<String> {
+            self.received().into_iter().map(|(b, _, _)| b).collect()
+        }
+    }
+
+    #[test]
+    fn messages_go_round_robin_to_one_consumer_each() {
+        let queue = queue(QueueSettings::default());
+        let mut a = consumer(&queue, 1, AckMode::ClientIndividual, 100);
+        let mut b = consumer(&queue, 2, AckMode::ClientIndividual, 100);
+        for body in ["1", "2", "3", "4"] {
+            offer(&queue, body);
+        }
+        assert_eq!(a.bodies(), ["1", "3"]);
+        assert_eq!(b.bodies(), ["2", "4"]);
+    }
+
+    #[test]
+    fn messages_wait_for_a_consumer() {
+        let queue = queue(QueueSettings::default());
+        offer(&queue, "early");
+        assert_eq!(queue.depth(), (1, 0));
+        let mut a = consumer(&queue, 1, AckMode::Client, 10);
+        assert_eq!(a.bodies(), ["early"]);
+        assert_eq!(queue.depth(), (0, 1));
+    }
+
+    #[test]
+    fn prefetch_bounds_unacknowledged_messages() {
+        let queue = queue(QueueSettings::default());
+        let mut a = consumer(&queue, 1, AckMode::ClientIndividual, 2);
+        for body in ["1", "2", "3"] {
+            offer(&queue, body);
+        }
+        let got = a.received();
+        assert_eq!(got.len(), 2);
+        queue.ack(1, got[0].1, false).unwrap();
+        assert_eq!(a.bodies(), ["3"]);
+    }
+
+    #[test]
+    fn client_acks_are_cumulative_and_individual_ones_are_not() {
+        let cumulative = queue(QueueSettings::default());
+        let mut a = consumer(&cumulative, 1, AckMode::Client, 10);
+        for body in ["1", "2", "3"] {
+            offer(&cumulative, body);
+        }
+        let got = a.received();
+        cumulative.ack(1, got[1].1, true).unwrap();
+        assert_eq!(cumulative.depth(), (0, 1));
+        assert_eq!(cumulative.ack(1, got[0].1, true), Err(UnknownAck));
+
+        let individual = queue(QueueSettings::default());
+        let mut b = consumer(&individual, 1, AckMode::ClientIndividual, 10);
+        for body in ["1", "2", "3"] {
+            offer(&individual, body);
+        }
+        let got = b.received();
+        individual.ack(1, got[1].1, false).unwrap();
+        assert_eq!(individual.depth(), (0, 2));
+        assert_eq!(individual.ack(1, got[1].1, false), Err(UnknownAck));
+        assert_eq!(individual.ack(9, got[0].1, false), Err(UnknownAck));
+    }
+
+    #[test]
+    fn a_leaving_consumer_hands_back_its_messages_ahead_of_newer_ones() {
+        let queue = queue(QueueSettings::default());
+        let mut a = consumer(&queue, 1, AckMode::ClientIndividual, 2);
+        offer(&queue, "1");
+        offer(&queue, "2");
+        offer(&queue, "3");
+        assert_eq!(a.bodies(), ["1", "2"]);
+        let (dead, _) = queue.remove_consumer(1);
+        assert!(dead.is_empty());
+        let mut c = consumer(&queue, 3, AckMode::ClientIndividual, 10);
+        let got = c.received();
+        let summary: Vec<(&str, bool)> = got.iter().map(|(b, _, r)| (b.as_str(), *r)).collect();
+        assert_eq!(summary, [("1", true), ("2", true), ("3", false)]);
+    }
+
+    #[test]
+    fn nack_requeues_at_the_front_or_dead_letters() {
+        let dlq = Destination::parse(&"/queue/jobs.dlq".into()).unwrap();
+        let queue = queue(QueueSettings {
+            dead_letter: Some(dlq.clone()),
+            ..QueueSettings::default()
+        });
+        let mut a = consumer(&queue, 1, AckMode::ClientIndividual, 1);
+        offer(&queue, "1");
+        offer(&queue, "2");
+        let first = a.received();
+        assert!(queue.nack(1, first[0].1, false, true).unwrap().is_empty());
+        let again = a.received();
+        assert_eq!((again[0].0.as_str(), again[0].2), ("1", true));
+        let dead = queue.nack(1, again[0].1, false, false).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].reason, DeathReason::Rejected);
+        assert_eq!(dead[0].to, Some(dlq));
+        assert_eq!(a.bodies(), ["2"]);
+    }
+
+    #[test]
+    fn the_delivery_limit_dead_letters() {
+        let queue = queue(QueueSettings {
+            max_deliveries: 2,
+            ..QueueSettings::default()
+        });
+        let mut a = consumer(&queue, 1, AckMode::ClientIndividual, 1);
+        offer(&queue, "poison");
+        let first = a.received()[0].1;
+        assert!(queue.nack(1, first, false, true).unwrap().is_empty());
+        let second = a.received()[0].1;
+        let dead = queue.nack(1, second, false, true).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].reason, DeathReason::DeliveryLimit);
+        assert_eq!(dead[0].queued.deliveries, 2);
+        assert_eq!(queue.depth(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_messages_are_never_delivered() {
+        let queue = queue(QueueSettings {
+            ttl: Some(Duration::from_millis(100)),
+            ..QueueSettings::default()
+        });
+        let mut short = message("short");
+        short.expires_at = Some(Instant::now() + Duration::from_millis(10));
+        assert!(matches!(queue.offer(short), Offer::Accepted));
+        assert!(matches!(
+            queue.offer(Queued::new(
+                message("queue-ttl").message,
+                None,
+                Some(Duration::from_millis(100))
+            )),
+            Offer::Accepted
+        ));
+        offer(&queue, "forever");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        let mut a = consumer(&queue, 1, AckMode::Auto, 10);
+        assert_eq!(a.bodies(), ["forever"]);
+        assert_eq!(queue.stats().expired.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn overflow_policies() {
+        let limited = |overflow| QueueSettings {
+            max_length: 2,
+            overflow,
+            ..QueueSettings::default()
+        };
+        let blocking = queue(limited(Overflow::Block));
+        offer(&blocking, "1");
+        offer(&blocking, "2");
+        assert!(matches!(blocking.offer(message("3")), Offer::Full(_)));
+
+        let rejecting = queue(limited(Overflow::Reject));
+        offer(&rejecting, "1");
+        offer(&rejecting, "2");
+        assert!(matches!(rejecting.offer(message("3")), Offer::Rejected));
+
+        let dropping = queue(limited(Overflow::DropHead));
+        for body in ["1", "2", "3"] {
+            offer(&dropping, body);
+        }
+        let mut a = consumer(&dropping, 1, AckMode::Auto, 10);
+        assert_eq!(a.bodies(), ["2", "3"]);
+        assert_eq!(dropping.stats().dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_blocked_producer_wakes_when_room_appears() {
+        let queue = queue(QueueSettings {
+            max_length: 1,
+            ..QueueSettings::default()
+        });
+        offer(&queue, "1");
+        let Offer::Full(waiting) = queue.offer(message("2")) else {
+            panic!("expected a full queue")
+        };
+        let waiter = {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                queue.room().await;
+                matches!(queue.offer(waiting), Offer::Accepted)
+            })
+        };
+        tokio::task::yield_now().await;
+        let mut a = consumer(&queue, 1, AckMode::ClientIndividual, 10);
+        assert!(waiter.await.unwrap());
+        assert_eq!(a.bodies(), ["1", "2"]);
+    }
+
+    #[test]
+    fn auto_deliveries_count_once_written() {
+        let queue = queue(QueueSettings::default());
+        let (outbox, mut rx) = outbox(1 << 30);
+        queue.add_consumer(1, outbox, "sub".into(), AckMode::Auto, 1);
+        offer(&queue, "1");
+        offer(&queue, "2");
+        let Some(Notification::Deliver(mut delivery)) = rx.try_recv() else {
+            panic!("no delivery")
+        };
+        assert!(delivery.ack_id.is_none());
+        assert!(rx.try_recv().is_none(), "prefetch 1 holds the second back");
+        delivery.settle.take().unwrap().written();
+        assert!(matches!(rx.try_recv(), Some(Notification::Deliver(_))));
+        // The second was never written: back in the queue, not marked redelivered.
+        queue.remove_consumer(1);
+        let mut b = consumer(&queue, 2, AckMode::Auto, 1);
+        assert!(!b.received()[0].2);
+    }
+}
