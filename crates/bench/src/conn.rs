@@ -72,6 +72,26 @@ pub async fn connect(target: &Target) -> io::Result<(Reader, Writer)> {
 }
 
 impl Reader {
+    /// The next frame already in the buffer, without reading from the socket.
+    pub fn buffered(&mut self) -> io::Result<Option<Frame>> {
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(Item::Frame(frame))) => return Ok(Some(frame)),
+                Ok(Some(Item::HeartBeat)) => continue,
+                Ok(None) => return Ok(None),
+                Err(error) => return Err(io::Error::other(error.to_string())),
+            }
+        }
+    }
+
+    /// Reads more bytes from the socket; `false` at end of stream.
+    pub async fn fill(&mut self) -> io::Result<bool> {
+        if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+            self.buf.reserve(64 * 1024);
+        }
+        Ok(self.io.read_buf(&mut self.buf).await? > 0)
+    }
+
     /// The next frame, or `None` at end of stream.
     pub async fn next(&mut self) -> io::Result<Option<Frame>> {
         loop {

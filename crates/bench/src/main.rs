@@ -7,6 +7,7 @@
 
 mod conn;
 mod fanout;
+mod queue;
 mod report;
 
 use std::net::SocketAddr;
@@ -51,6 +52,9 @@ struct Cli {
 enum Scenario {
     /// Topic fan-out: publishers send to one topic, every subscriber gets every message.
     Fanout(FanoutArgs),
+    /// Queue: producers send to one queue, consumers compete and acknowledge; checks
+    /// that every message arrived exactly once.
+    Queue(QueueArgs),
 }
 
 #[derive(Args, Debug)]
@@ -99,6 +103,30 @@ struct FanoutArgs {
     window: u64,
 }
 
+#[derive(Args, Debug)]
+struct QueueArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Producing connections.
+    #[arg(long, default_value_t = 2)]
+    producers: usize,
+    /// Consuming connections.
+    #[arg(long, default_value_t = 2)]
+    consumers: usize,
+    /// Body size in bytes (at least 20: timestamp, producer, sequence).
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Acknowledgement mode: auto, client or client-individual (one ACK per message).
+    #[arg(long, default_value = "client-individual")]
+    ack: String,
+    /// prefetch-count per consumer.
+    #[arg(long, default_value_t = 100)]
+    prefetch: usize,
+    /// Most messages sent but not yet consumed.
+    #[arg(long, default_value_t = 5000)]
+    window: u64,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     clock_us();
@@ -120,6 +148,20 @@ fn main() -> ExitCode {
                     window: args.window,
                 };
                 (args.common.json, fanout::run(&target, &options).await)
+            }
+            Scenario::Queue(args) => {
+                let target = target(&args.common);
+                let options = queue::Options {
+                    producers: args.producers,
+                    consumers: args.consumers,
+                    size: args.size,
+                    duration: Duration::from_secs_f64(args.common.duration),
+                    warmup: Duration::from_secs_f64(args.common.warmup),
+                    ack: args.ack,
+                    prefetch: args.prefetch,
+                    window: args.window,
+                };
+                (args.common.json, queue::run(&target, &options).await)
             }
         }
     });
