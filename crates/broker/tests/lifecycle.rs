@@ -193,3 +193,18 @@ async fn idle_connections_are_closed_on_shutdown_too() {
     ));
     assert!(broker.wait_exit(Duration::from_secs(5)).unwrap().success());
 }
+
+#[test]
+fn the_container_config_is_valid() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docker/postbox.toml");
+    let output = Process::new(common::binary())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
