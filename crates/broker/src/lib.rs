@@ -12,7 +12,8 @@
 pub mod config;
 pub mod server;
 pub mod session;
+pub mod transport;
 pub mod vhost;
 
 pub use config::Config;
-pub use server::{Listening, Running, StartError, start};
+pub use server::{Listening, Running, StartError, Transport, start};

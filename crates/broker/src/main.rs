@@ -71,7 +71,15 @@ async fn run(config: Config) -> ExitCode {
         env!("CARGO_PKG_VERSION")
     );
 
-    let signal = wait_for_signal().await;
+    let signal = loop {
+        match wait_for_signal().await {
+            "SIGHUP" => {
+                info!("SIGHUP received: reloading");
+                running.reload();
+            }
+            other => break other,
+        }
+    };
     info!("{signal} received: shutting down");
     if running.shutdown().await {
         info!("all connections closed");
@@ -79,15 +87,17 @@ async fn run(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Resolves on SIGINT or SIGTERM and names the signal.
+/// Resolves on SIGINT, SIGTERM or SIGHUP and names the signal.
 async fn wait_for_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => "SIGINT",
             _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => "SIGHUP",
         }
     }
     #[cfg(not(unix))]

@@ -1,25 +1,66 @@
 //! Starting and stopping the broker: binds listeners, accepts connections under a limit,
-//! and shuts down gracefully.
+//! hands each to its transport and then to a session, and shuts down gracefully.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::Config;
 use crate::session::{self, Context, SessionError, Settings};
+use crate::transport::tls::{CertStore, TlsError};
+use crate::transport::ws::{self, Accepted, WsSettings};
 use crate::vhost::Vhosts;
+
+/// How clients reach a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// STOMP over TCP.
+    Stomp,
+    /// STOMP over TLS.
+    StompTls,
+    /// STOMP over WebSocket.
+    Ws,
+    /// STOMP over WebSocket over TLS.
+    Wss,
+}
+
+impl Transport {
+    /// The name used in logs and in the `listening` lines.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Transport::Stomp => "stomp",
+            Transport::StompTls => "stomp-tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+        }
+    }
+
+    fn uses_tls(self) -> bool {
+        matches!(self, Transport::StompTls | Transport::Wss)
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// A listener that is accepting connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listening {
-    /// The protocol served, as clients would name it (`stomp`).
-    pub transport: &'static str,
+    /// The protocol served.
+    pub transport: Transport,
     /// The bound address (with the real port when 0 was asked for).
     pub addr: SocketAddr,
 }
@@ -42,6 +83,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The certificate, key or client CA is unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A running broker.
@@ -52,13 +96,27 @@ pub struct Running {
     tracker: TaskTracker,
     drain: Duration,
     node_id: String,
+    ready: Arc<AtomicBool>,
+    certs: Option<Arc<CertStore>>,
+}
+
+/// What every accept loop shares.
+#[derive(Clone)]
+struct Shared {
+    context: Context,
+    permits: Arc<Semaphore>,
+    max_connections: usize,
+    tracker: TaskTracker,
+    tls: Option<TlsAcceptor>,
+    ws: Arc<WsSettings>,
+    ready: Arc<AtomicBool>,
 }
 
 /// Binds every configured listener and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let addrs = config.listen_addrs();
+    let listeners = config.listeners();
     if !config.allow_anonymous
-        && let Some(public) = addrs.iter().find(|addr| !addr.ip().is_loopback())
+        && let Some((_, public)) = listeners.iter().find(|(_, addr)| !addr.ip().is_loopback())
     {
         return Err(StartError::Insecure(*public));
     }
@@ -67,40 +125,64 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     } else {
         config.node_id.clone()
     };
+    let certs = match config.tls_files() {
+        Some(files) if listeners.iter().any(|(t, _)| t.uses_tls()) => Some(CertStore::load(files)?),
+        _ => None,
+    };
+    let tls = certs.as_ref().map(|store| store.acceptor()).transpose()?;
     let context = Context {
         settings: Arc::new(Settings::from_config(&config, &node_id)),
         vhosts: Arc::new(Vhosts::new(&config, &node_id)),
         shutdown: CancellationToken::new(),
     };
-    let permits = Arc::new(Semaphore::new(config.max_connections));
-    let tracker = TaskTracker::new();
+    let shared = Shared {
+        context: context.clone(),
+        permits: Arc::new(Semaphore::new(config.max_connections)),
+        max_connections: config.max_connections,
+        tracker: TaskTracker::new(),
+        tls,
+        ws: Arc::new(WsSettings {
+            path: config.ws_path.clone(),
+            max_message: config.ws_max_message_size,
+            allowed_origins: config.ws_allowed_origins.clone(),
+            request_timeout: config.connect_timeout(),
+        }),
+        ready: Arc::new(AtomicBool::new(true)),
+    };
     let mut listening = Vec::new();
-    for addr in addrs {
+    for (transport, addr) in listeners {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
         let addr = listener
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
-        info!(%addr, transport = "stomp", "listening");
-        listening.push(Listening {
-            transport: "stomp",
-            addr,
-        });
-        let acceptor = Acceptor {
-            context: context.clone(),
-            permits: permits.clone(),
-            max_connections: config.max_connections,
-            tracker: tracker.clone(),
-        };
-        tracker.spawn(acceptor.run(listener));
+        info!(%addr, %transport, "listening");
+        if matches!(transport, Transport::Ws | Transport::Wss)
+            && !addr.ip().is_loopback()
+            && config.ws_allowed_origins.is_empty()
+        {
+            warn!(%addr, "WebSocket listener accepts any Origin; set ws-allowed-origins to refuse cross-site pages");
+        }
+        listening.push(Listening { transport, addr });
+        shared
+            .tracker
+            .spawn(shared.clone().accept_loop(listener, transport));
+    }
+    if let Some(store) = &certs
+        && config.tls_reload_ms > 0
+    {
+        let every = Duration::from_millis(config.tls_reload_ms);
+        tokio::spawn(store.clone().watch(every, context.shutdown.clone()));
     }
     Ok(Running {
         listening,
         shutdown: context.shutdown,
-        tracker,
+        tracker: shared.tracker,
         drain: config.drain_timeout(),
         node_id,
+        ready: shared.ready,
+        certs,
     })
 }
 
@@ -115,9 +197,17 @@ impl Running {
         &self.node_id
     }
 
+    /// Reloads what can change without a restart (the TLS certificate), as on SIGHUP.
+    pub fn reload(&self) {
+        if let Some(store) = &self.certs {
+            store.reload_logged("reload requested");
+        }
+    }
+
     /// Stops accepting, asks every session to flush and close, and waits for them up to
     /// the drain timeout. Returns whether every session finished in time.
     pub async fn shutdown(self) -> bool {
+        self.ready.store(false, Ordering::Release);
         self.shutdown.cancel();
         self.tracker.close();
         let finished = tokio::time::timeout(self.drain, self.tracker.wait())
@@ -133,16 +223,8 @@ impl Running {
     }
 }
 
-/// Accepts connections of one listener.
-struct Acceptor {
-    context: Context,
-    permits: Arc<Semaphore>,
-    max_connections: usize,
-    tracker: TaskTracker,
-}
-
-impl Acceptor {
-    async fn run(self, listener: TcpListener) {
+impl Shared {
+    async fn accept_loop(self, listener: TcpListener, transport: Transport) {
         let mut backoff = Duration::from_millis(5);
         loop {
             let accepted = tokio::select! {
@@ -163,30 +245,104 @@ impl Acceptor {
                 }
             };
             let _ = stream.set_nodelay(true);
-            match self.permits.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let context = self.context.clone();
-                    self.tracker.spawn(async move {
-                        serve_tcp(stream, peer, context).await;
+            let permit = self.permits.clone().try_acquire_owned();
+            let shared = self.clone();
+            self.tracker.spawn(async move {
+                match permit {
+                    Ok(permit) => {
+                        shared.connection(stream, peer, transport).await;
                         drop(permit);
-                    });
+                    }
+                    Err(_) => shared.refuse_over_limit(stream, transport).await,
                 }
-                Err(_) => {
-                    let limit = self.max_connections;
-                    self.tracker.spawn(async move {
-                        let mut stream = stream;
-                        let error = SessionError::TooManyConnections(limit);
-                        session::refuse(&mut stream, error, None).await;
-                    });
+            });
+        }
+    }
+
+    /// Runs one connection through its transport into a session.
+    async fn connection(&self, stream: TcpStream, peer: SocketAddr, transport: Transport) {
+        let peer_label = peer.to_string();
+        match transport {
+            Transport::Stomp => {
+                let (read, write) = stream.into_split();
+                session::serve(
+                    read,
+                    write,
+                    self.context.clone(),
+                    peer_label,
+                    transport.name(),
+                )
+                .await;
+            }
+            Transport::StompTls => {
+                if let Some(tls) = self.handshake(stream, peer).await {
+                    self.serve_split(tls, peer_label, transport).await;
+                }
+            }
+            Transport::Ws => self.websocket(stream, peer_label, transport).await,
+            Transport::Wss => {
+                if let Some(tls) = self.handshake(stream, peer).await {
+                    self.websocket(tls, peer_label, transport).await;
                 }
             }
         }
     }
-}
 
-async fn serve_tcp(stream: TcpStream, peer: SocketAddr, context: Context) {
-    let (read, write) = stream.into_split();
-    session::serve(read, write, context, peer.to_string(), "tcp").await;
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let acceptor = self.tls.as_ref()?;
+        let timeout = self.context.settings.connect_timeout;
+        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => Some(tls),
+            Ok(Err(error)) => {
+                info!(%peer, "TLS handshake failed: {error}");
+                None
+            }
+            Err(_) => {
+                info!(%peer, "TLS handshake timed out");
+                None
+            }
+        }
+    }
+
+    async fn websocket<S>(&self, stream: S, peer: String, transport: Transport)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match ws::accept(stream, &self.ws, &self.ready).await {
+            Ok(Accepted::WebSocket(request)) => {
+                debug!(%peer, protocol = ?request.protocol, "WebSocket upgraded");
+                self.serve_split(request.io, peer, transport).await;
+            }
+            Ok(Accepted::Answered) => {}
+            Err(error) => debug!(%peer, "HTTP request failed: {error}"),
+        }
+    }
+
+    async fn serve_split<S>(&self, stream: S, peer: String, transport: Transport)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (read, write) = tokio::io::split(stream);
+        session::serve(read, write, self.context.clone(), peer, transport.name()).await;
+    }
+
+    /// Tells a client past the connection limit why it is refused, in its transport.
+    async fn refuse_over_limit(&self, stream: TcpStream, transport: Transport) {
+        let error = SessionError::TooManyConnections(self.max_connections);
+        match transport {
+            Transport::Stomp => {
+                let mut stream = stream;
+                session::refuse(&mut stream, error, None).await;
+            }
+            // Encrypted or framed transports would need a full handshake just to say
+            // no; closing is the honest answer there.
+            _ => info!(transport = transport.name(), "refused: {error}"),
+        }
+    }
 }
 
 /// Eight random hex digits.

@@ -116,6 +116,15 @@ impl Broker {
         binary
     }
 
+    /// The address of the listener for `transport` (`stomp`, `stomp-tls`, `ws`, `wss`).
+    pub fn listener(&self, transport: &str) -> SocketAddr {
+        self.listening
+            .iter()
+            .find(|(t, _)| t == transport)
+            .map(|(_, addr)| *addr)
+            .unwrap_or_else(|| panic!("no {transport} listener in {:?}", self.listening))
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

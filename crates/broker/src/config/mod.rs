@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use options::{Kind, OPTIONS, OptionSpec};
 
+use crate::server::Transport;
+use crate::transport::tls::TlsFiles;
+
 /// The precedence rule, as printed by `postbox --help`.
 pub const PRECEDENCE: &str = "Each option can be given as a flag, a key in the --config TOML \
 file, or a POSTBOX_* environment variable (POSTBOX_ plus the name in upper case with _ for -). \
@@ -32,6 +35,16 @@ Precedence: flags over the file, the file over the environment, the environment 
 #[allow(missing_docs)] // each field is documented in `options::OPTIONS`
 pub struct Config {
     pub listen: Vec<String>,
+    pub tls_listen: Vec<String>,
+    pub ws_listen: Vec<String>,
+    pub wss_listen: Vec<String>,
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub tls_client_ca: String,
+    pub tls_reload_ms: u64,
+    pub ws_path: String,
+    pub ws_max_message_size: usize,
+    pub ws_allowed_origins: Vec<String>,
     pub allow_anonymous: bool,
     pub vhosts: Vec<String>,
     pub max_connections: usize,
@@ -180,13 +193,34 @@ impl Config {
     /// Checks values that have the right type but may still be unusable.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |option, reason: String| Err(ConfigError::Invalid { option, reason });
-        if self.listen.is_empty() {
-            return invalid("listen", "at least one address is needed".into());
+        let all = [
+            ("listen", &self.listen),
+            ("tls-listen", &self.tls_listen),
+            ("ws-listen", &self.ws_listen),
+            ("wss-listen", &self.wss_listen),
+        ];
+        if all.iter().all(|(_, list)| list.is_empty()) {
+            return invalid("listen", "at least one listener address is needed".into());
         }
-        for address in &self.listen {
-            if let Err(error) = address.parse::<SocketAddr>() {
-                return invalid("listen", format!("'{address}' is not host:port ({error})"));
+        for (option, list) in all {
+            for address in list {
+                if let Err(error) = address.parse::<SocketAddr>() {
+                    return invalid(option, format!("'{address}' is not host:port ({error})"));
+                }
             }
+        }
+        let needs_tls = !self.tls_listen.is_empty() || !self.wss_listen.is_empty();
+        if needs_tls && (self.tls_cert.is_empty() || self.tls_key.is_empty()) {
+            return invalid(
+                "tls-cert",
+                "tls-listen and wss-listen need tls-cert and tls-key".into(),
+            );
+        }
+        if !self.ws_path.starts_with('/') {
+            return invalid("ws-path", "must start with /".into());
+        }
+        if self.ws_max_message_size < 1024 {
+            return invalid("ws-max-message-size", "must be at least 1024 bytes".into());
         }
         for (option, value) in [
             ("max-connections", self.max_connections),
@@ -242,9 +276,29 @@ impl Config {
         Ok(())
     }
 
-    /// The listen addresses, parsed (valid after [`Config::validate`]).
-    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
-        self.listen.iter().filter_map(|a| a.parse().ok()).collect()
+    /// Every listener: its transport and address (valid after [`Config::validate`]).
+    pub fn listeners(&self) -> Vec<(Transport, SocketAddr)> {
+        let parse = |transport, list: &Vec<String>| {
+            list.iter()
+                .filter_map(move |a| a.parse().ok().map(|addr| (transport, addr)))
+                .collect::<Vec<_>>()
+        };
+        [
+            parse(Transport::Stomp, &self.listen),
+            parse(Transport::StompTls, &self.tls_listen),
+            parse(Transport::Ws, &self.ws_listen),
+            parse(Transport::Wss, &self.wss_listen),
+        ]
+        .concat()
+    }
+
+    /// The TLS files, when any listener needs them.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        (!self.tls_cert.is_empty() && !self.tls_key.is_empty()).then(|| TlsFiles {
+            cert: self.tls_cert.clone().into(),
+            key: self.tls_key.clone().into(),
+            client_ca: (!self.tls_client_ca.is_empty()).then(|| self.tls_client_ca.clone().into()),
+        })
     }
 
     /// `connect-timeout-ms` as a duration.

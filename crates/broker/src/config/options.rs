@@ -62,6 +62,67 @@ pub const OPTIONS: &[OptionSpec] = &[
         "Addresses for STOMP over TCP (host:port; port 0 picks a free one).",
     ),
     opt(
+        "tls-listen",
+        Kind::List,
+        "[]",
+        "Addresses for STOMP over TLS (61614 is the usual port); needs tls-cert and tls-key.",
+    ),
+    opt(
+        "ws-listen",
+        Kind::List,
+        "[]",
+        "Addresses for STOMP over WebSocket (15674 is the usual port); also answers GET /healthz.",
+    ),
+    opt(
+        "wss-listen",
+        Kind::List,
+        "[]",
+        "Addresses for STOMP over WebSocket over TLS; needs tls-cert and tls-key.",
+    ),
+    opt(
+        "tls-cert",
+        Kind::Str,
+        r#""""#,
+        "PEM certificate chain, leaf first (certbot's fullchain.pem). Reloaded when it changes.",
+    ),
+    opt(
+        "tls-key",
+        Kind::Str,
+        r#""""#,
+        "PEM private key (certbot's privkey.pem). Reloaded when it changes.",
+    ),
+    opt(
+        "tls-client-ca",
+        Kind::Str,
+        r#""""#,
+        "PEM CA certificates; when set, TLS clients must present a certificate issued by one.",
+    ),
+    opt(
+        "tls-reload-ms",
+        Kind::Int,
+        "5000",
+        "How often the certificate files are checked for changes (0: only on SIGHUP).",
+    ),
+    opt(
+        "ws-path",
+        Kind::Str,
+        r#""/ws""#,
+        "The HTTP path that upgrades to STOMP over WebSocket.",
+    ),
+    opt(
+        "ws-max-message-size",
+        Kind::Int,
+        "16777216",
+        "Largest WebSocket message in bytes.",
+    ),
+    opt(
+        "ws-allowed-origins",
+        Kind::List,
+        "[]",
+        "Origins allowed to open WebSockets (e.g. https://chat.example.com); others get \
+         HTTP 403. Empty allows any origin.",
+    ),
+    opt(
         "allow-anonymous",
         Kind::Bool,
         "false",

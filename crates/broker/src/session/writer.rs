@@ -121,7 +121,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     biased;
                     _ = done.cancelled() => return WriterEnd::Aborted,
                     _ = outbox.closed() => return self.kill().await,
-                    result = self.io.write_all_buf(&mut self.buf) => result,
+                    result = write_out(&mut self.io, &mut self.buf) => result,
                 }
             };
             self.rx.release(cost);
@@ -163,7 +163,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Writes what is buffered and closes, within [`CLOSE_TIMEOUT`].
     async fn finish(&mut self) -> io::Result<()> {
         let closing = async {
-            self.io.write_all_buf(&mut self.buf).await?;
+            write_out(&mut self.io, &mut self.buf).await?;
             self.io.shutdown().await
         };
         tokio::time::timeout(CLOSE_TIMEOUT, closing)
@@ -188,4 +188,11 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         let _ = self.finish().await;
         WriterEnd::Killed
     }
+}
+
+/// Writes the whole buffer and flushes: buffering transports (TLS, WebSocket) send it
+/// now, and a WebSocket turns it into one message.
+async fn write_out<W: AsyncWrite + Unpin>(io: &mut W, buf: &mut BytesMut) -> io::Result<()> {
+    io.write_all_buf(buf).await?;
+    io.flush().await
 }
