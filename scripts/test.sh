@@ -5,8 +5,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "==> prerequisites"
+apt_install() {
+  # Debian packages the tests need; an out-of-date package index is refreshed once.
+  local missing=()
+  for package in "$@"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || { $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null; }
+}
+apt_install chromium openssl
 if ! python3 -c 'import stomp' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'stomp.py==8.2.0'
+fi
+if [ ! -d crates/broker/tests/js/node_modules/@stomp/stompjs ]; then
+  (cd crates/broker/tests/js && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 echo "==> cargo fmt --check"
