@@ -4,10 +4,16 @@ use std::io;
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
 use postbox_stomp::{Command, Frame, Item, Limits, StompCodec, Version, encode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::codec::Decoder;
 
 /// Where and as whom to connect.
@@ -17,12 +23,28 @@ pub struct Target {
     pub login: Option<String>,
     pub passcode: Option<String>,
     pub host: String,
+    /// Speak STOMP over WebSocket at this path instead of plain TCP.
+    pub ws_path: Option<String>,
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+#[derive(Debug)]
+enum ReadIo {
+    Tcp(OwnedReadHalf),
+    Ws(SplitStream<Ws>),
+}
+
+#[derive(Debug)]
+enum WriteIo {
+    Tcp(OwnedWriteHalf),
+    Ws(SplitSink<Ws, Message>),
 }
 
 /// The reading half of a connection.
 #[derive(Debug)]
 pub struct Reader {
-    io: OwnedReadHalf,
+    io: ReadIo,
     buf: BytesMut,
     codec: StompCodec,
 }
@@ -30,7 +52,7 @@ pub struct Reader {
 /// The writing half of a connection, with its own buffer for batching.
 #[derive(Debug)]
 pub struct Writer {
-    io: OwnedWriteHalf,
+    io: WriteIo,
     pub buf: BytesMut,
 }
 
@@ -38,7 +60,26 @@ pub struct Writer {
 pub async fn connect(target: &Target) -> io::Result<(Reader, Writer)> {
     let stream = TcpStream::connect(target.addr).await?;
     stream.set_nodelay(true)?;
-    let (read, write) = stream.into_split();
+    let (read, write) = match &target.ws_path {
+        None => {
+            let (read, write) = stream.into_split();
+            (ReadIo::Tcp(read), WriteIo::Tcp(write))
+        }
+        Some(path) => {
+            let mut request = format!("ws://{}{path}", target.addr)
+                .into_client_request()
+                .map_err(io::Error::other)?;
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static("v12.stomp"),
+            );
+            let (ws, _) = tokio_tungstenite::client_async(request, stream)
+                .await
+                .map_err(io::Error::other)?;
+            let (sink, stream) = ws.split();
+            (ReadIo::Ws(stream), WriteIo::Ws(sink))
+        }
+    };
     let limits = Limits {
         max_body: 64 * 1024 * 1024,
         max_frame_size: 65 * 1024 * 1024,
@@ -86,10 +127,29 @@ impl Reader {
 
     /// Reads more bytes from the socket; `false` at end of stream.
     pub async fn fill(&mut self) -> io::Result<bool> {
-        if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-            self.buf.reserve(64 * 1024);
+        match &mut self.io {
+            ReadIo::Tcp(io) => {
+                if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+                    self.buf.reserve(64 * 1024);
+                }
+                Ok(io.read_buf(&mut self.buf).await? > 0)
+            }
+            ReadIo::Ws(stream) => loop {
+                match stream.next().await {
+                    None | Some(Ok(Message::Close(_))) => return Ok(false),
+                    Some(Ok(Message::Binary(data))) => {
+                        self.buf.extend_from_slice(&data);
+                        return Ok(true);
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        self.buf.extend_from_slice(text.as_bytes());
+                        return Ok(true);
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(error)) => return Err(io::Error::other(error)),
+                }
+            },
         }
-        Ok(self.io.read_buf(&mut self.buf).await? > 0)
     }
 
     /// The next frame, or `None` at end of stream.
@@ -101,10 +161,7 @@ impl Reader {
                 Ok(None) => {}
                 Err(error) => return Err(io::Error::other(error.to_string())),
             }
-            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-                self.buf.reserve(64 * 1024);
-            }
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            if !self.fill().await? {
                 return Ok(None);
             }
         }
@@ -132,9 +189,17 @@ impl Writer {
         encode::encode_frame(frame, Version::V1_2, &mut self.buf);
     }
 
-    /// Writes everything buffered.
+    /// Writes everything buffered (one message on a WebSocket).
     pub async fn flush(&mut self) -> io::Result<()> {
-        self.io.write_all_buf(&mut self.buf).await
+        match &mut self.io {
+            WriteIo::Tcp(io) => io.write_all_buf(&mut self.buf).await,
+            WriteIo::Ws(sink) => {
+                let payload = self.buf.split().freeze();
+                sink.send(Message::Binary(payload))
+                    .await
+                    .map_err(io::Error::other)
+            }
+        }
     }
 
     /// Encodes and writes one frame.

@@ -1,6 +1,7 @@
 //! `postbox-bench`: a load generator for STOMP brokers (Postbox, RabbitMQ, ActiveMQ...).
 //!
 //! `postbox-bench fanout --addr 127.0.0.1:61613 --subscribers 10 --duration 10`
+//! (add `--ws --addr 127.0.0.1:15674` to go through the WebSocket listener)
 //! prints delivered and published messages per second and end-to-end latency
 //! percentiles; `--json` prints one JSON object instead, for comparison scripts.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -80,6 +81,12 @@ struct Common {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Connect over WebSocket (ws://ADDR/ws) instead of plain TCP.
+    #[arg(long)]
+    ws: bool,
+    /// The WebSocket path, with --ws.
+    #[arg(long, default_value = "/ws")]
+    ws_path: String,
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +141,10 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let ws = match &cli.scenario {
+        Scenario::Fanout(args) => args.common.ws,
+        Scenario::Queue(args) => args.common.ws,
+    };
     let (json, result) = runtime.block_on(async {
         match cli.scenario {
             Scenario::Fanout(args) => {
@@ -165,6 +176,12 @@ fn main() -> ExitCode {
             }
         }
     });
+    let result = result.map(|mut report| {
+        report
+            .scenario
+            .push_str(if ws { ", over WebSocket" } else { ", over TCP" });
+        report
+    });
     match result {
         Ok(report) if json => println!("{}", report.json()),
         Ok(report) => print!("{}", report.human()),
@@ -182,5 +199,6 @@ fn target(common: &Common) -> conn::Target {
         login: common.login.clone(),
         passcode: common.passcode.clone(),
         host: common.host.clone(),
+        ws_path: common.ws.then(|| common.ws_path.clone()),
     }
 }

@@ -70,7 +70,10 @@ fn stompjs_under_node_over_ws() {
 #[test]
 fn stompjs_under_node_over_wss_with_the_test_ca_trusted() {
     let secure = start_secure();
-    let url = format!("wss://localhost:{}/ws", secure.broker.listener("wss").port());
+    let url = format!(
+        "wss://localhost:{}/ws",
+        secure.broker.listener("wss").port()
+    );
     node(
         "stompjs_node.mjs",
         &url,
