@@ -9,6 +9,7 @@
 //! - a message leaves the socket in `session::writer`.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod server;
 pub mod session;

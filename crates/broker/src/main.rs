@@ -27,6 +27,19 @@ fn main() -> ExitCode {
             println!("{}: ok", path.display());
             return ExitCode::SUCCESS;
         }
+        Action::HashPassword => {
+            let mut password = String::new();
+            if std::io::stdin().read_line(&mut password).is_err() || password.trim_end().is_empty()
+            {
+                eprintln!("postbox: give the password on standard input");
+                return ExitCode::from(2);
+            }
+            println!(
+                "{}",
+                postbox_auth::hash_password(password.trim_end_matches(['\r', '\n']))
+            );
+            return ExitCode::SUCCESS;
+        }
         Action::Run => {}
     }
     init_logging(&loaded.config);
@@ -44,6 +57,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
+    // Handlers go in before anyone can be told the broker is ready, so an early signal
+    // is handled, not fatal.
+    let mut signals = Signals::install();
     let running = match postbox_broker::start(config).await {
         Ok(running) => running,
         Err(error) => {
@@ -72,7 +88,7 @@ async fn run(config: Config) -> ExitCode {
     );
 
     let signal = loop {
-        match wait_for_signal().await {
+        match signals.next().await {
             "SIGHUP" => {
                 info!("SIGHUP received: reloading");
                 running.reload();
@@ -87,23 +103,46 @@ async fn run(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Resolves on SIGINT, SIGTERM or SIGHUP and names the signal.
-async fn wait_for_signal() -> &'static str {
+/// The signals postbox acts on.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-            _ = hup.recv() => "SIGHUP",
+    streams: [tokio::signal::unix::Signal; 3],
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let handler = |kind| signal(kind).expect("install a signal handler");
+            Signals {
+                streams: [
+                    handler(SignalKind::interrupt()),
+                    handler(SignalKind::terminate()),
+                    handler(SignalKind::hangup()),
+                ],
+            }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+
+    /// Resolves on SIGINT, SIGTERM or SIGHUP and names the signal.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            let [int, term, hup] = &mut self.streams;
+            tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+                _ = hup.recv() => "SIGHUP",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }
 

@@ -16,7 +16,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::Config;
-use crate::session::{self, Context, SessionError, Settings};
+use crate::auth::AuthHandle;
+use crate::session::{self, Context, Peer, SessionError, Settings};
 use crate::transport::tls::{CertStore, TlsError};
 use crate::transport::ws::{self, Accepted, WsSettings};
 use crate::vhost::Vhosts;
@@ -86,6 +87,9 @@ pub enum StartError {
     /// The certificate, key or client CA is unusable.
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// A users file or JWT key is unusable.
+    #[error("authentication: {0}")]
+    Auth(String),
 }
 
 /// A running broker.
@@ -98,6 +102,7 @@ pub struct Running {
     node_id: String,
     ready: Arc<AtomicBool>,
     certs: Option<Arc<CertStore>>,
+    auth: Arc<AuthHandle>,
 }
 
 /// What every accept loop shares.
@@ -110,12 +115,16 @@ struct Shared {
     tls: Option<TlsAcceptor>,
     ws: Arc<WsSettings>,
     ready: Arc<AtomicBool>,
+    /// The WebSocket query parameter that may carry a token.
+    query_param: String,
 }
 
 /// Binds every configured listener and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let listeners = config.listeners();
+    let auth = AuthHandle::load(&config).map_err(StartError::Auth)?;
     if !config.allow_anonymous
+        && auth.current().is_open()
         && let Some((_, public)) = listeners.iter().find(|(_, addr)| !addr.ip().is_loopback())
     {
         return Err(StartError::Insecure(*public));
@@ -134,6 +143,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         settings: Arc::new(Settings::from_config(&config, &node_id)),
         vhosts: Arc::new(Vhosts::new(&config, &node_id)),
         shutdown: CancellationToken::new(),
+        auth: auth.clone(),
     };
     let shared = Shared {
         context: context.clone(),
@@ -148,6 +158,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             request_timeout: config.connect_timeout(),
         }),
         ready: Arc::new(AtomicBool::new(true)),
+        query_param: config.jwt_query_param.clone(),
     };
     let mut listening = Vec::new();
     for (transport, addr) in listeners {
@@ -183,6 +194,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         node_id,
         ready: shared.ready,
         certs,
+        auth,
     })
 }
 
@@ -197,11 +209,13 @@ impl Running {
         &self.node_id
     }
 
-    /// Reloads what can change without a restart (the TLS certificate), as on SIGHUP.
+    /// Reloads what can change without a restart (the TLS certificate, JWT keys, the
+    /// users file), as on SIGHUP.
     pub fn reload(&self) {
         if let Some(store) = &self.certs {
             store.reload_logged("reload requested");
         }
+        self.auth.reload();
     }
 
     /// Stops accepting, asks every session to flush and close, and waits for them up to
@@ -261,28 +275,25 @@ impl Shared {
 
     /// Runs one connection through its transport into a session.
     async fn connection(&self, stream: TcpStream, peer: SocketAddr, transport: Transport) {
-        let peer_label = peer.to_string();
+        let peer_label = Peer {
+            addr: peer.to_string(),
+            transport: transport.name(),
+            query_token: None,
+        };
         match transport {
             Transport::Stomp => {
                 let (read, write) = stream.into_split();
-                session::serve(
-                    read,
-                    write,
-                    self.context.clone(),
-                    peer_label,
-                    transport.name(),
-                )
-                .await;
+                session::serve(read, write, self.context.clone(), peer_label).await;
             }
             Transport::StompTls => {
                 if let Some(tls) = self.handshake(stream, peer).await {
-                    self.serve_split(tls, peer_label, transport).await;
+                    self.serve_split(tls, peer_label).await;
                 }
             }
-            Transport::Ws => self.websocket(stream, peer_label, transport).await,
+            Transport::Ws => self.websocket(stream, peer_label).await,
             Transport::Wss => {
                 if let Some(tls) = self.handshake(stream, peer).await {
-                    self.websocket(tls, peer_label, transport).await;
+                    self.websocket(tls, peer_label).await;
                 }
             }
         }
@@ -308,26 +319,36 @@ impl Shared {
         }
     }
 
-    async fn websocket<S>(&self, stream: S, peer: String, transport: Transport)
+    async fn websocket<S>(&self, stream: S, mut peer: Peer)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         match ws::accept(stream, &self.ws, &self.ready).await {
             Ok(Accepted::WebSocket(request)) => {
-                debug!(%peer, protocol = ?request.protocol, "WebSocket upgraded");
-                self.serve_split(request.io, peer, transport).await;
+                debug!(peer = %peer.addr, protocol = ?request.protocol, "WebSocket upgraded");
+                let request = *request;
+                if !self.query_param.is_empty() {
+                    peer.query_token = request.query.as_deref().and_then(|query| {
+                        query
+                            .split('&')
+                            .filter_map(|pair| pair.split_once('='))
+                            .find(|(name, _)| *name == self.query_param)
+                            .map(|(_, value)| value.to_owned())
+                    });
+                }
+                self.serve_split(request.io, peer).await;
             }
             Ok(Accepted::Answered) => {}
-            Err(error) => debug!(%peer, "HTTP request failed: {error}"),
+            Err(error) => debug!(peer = %peer.addr, "HTTP request failed: {error}"),
         }
     }
 
-    async fn serve_split<S>(&self, stream: S, peer: String, transport: Transport)
+    async fn serve_split<S>(&self, stream: S, peer: Peer)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let (read, write) = tokio::io::split(stream);
-        session::serve(read, write, self.context.clone(), peer, transport.name()).await;
+        session::serve(read, write, self.context.clone(), peer).await;
     }
 
     /// Tells a client past the connection limit why it is refused, in its transport.

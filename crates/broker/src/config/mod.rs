@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches};
+use postbox_auth::RuleSpec;
 use postbox_router::{MAX_PREFETCH, Overflow, QueueSettings, RouterConfig};
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +47,20 @@ pub struct Config {
     pub ws_max_message_size: usize,
     pub ws_allowed_origins: Vec<String>,
     pub allow_anonymous: bool,
+    pub users_file: String,
+    pub jwt_secret: String,
+    pub jwt_public_keys: Vec<String>,
+    pub jwt_jwks_file: String,
+    pub jwt_issuers: Vec<String>,
+    pub jwt_audiences: Vec<String>,
+    pub jwt_leeway_s: u64,
+    pub jwt_require_exp: bool,
+    pub jwt_user_claim: String,
+    pub jwt_roles_claim: String,
+    pub jwt_permissions_claim: String,
+    pub jwt_query_param: String,
+    pub acl: Vec<RuleSpec>,
+    pub user_header: String,
     pub vhosts: Vec<String>,
     pub max_connections: usize,
     pub max_frame_size: usize,
@@ -114,6 +129,8 @@ pub enum Action {
     PrintConfig,
     /// Validate a configuration file without binding anything, then exit.
     CheckConfig(PathBuf),
+    /// Read a password on stdin and print its argon2 hash for a users file.
+    HashPassword,
 }
 
 /// The result of reading the command line, the environment and the file.
@@ -270,6 +287,12 @@ impl Config {
                 "must be non-empty printable text".into(),
             );
         }
+        if let Err(error) = postbox_auth::Rules::new(&self.acl) {
+            return invalid("acl", error.to_string());
+        }
+        if self.user_header.is_empty() {
+            return invalid("user-header", "must not be empty".into());
+        }
         if self.vhosts.iter().any(String::is_empty) {
             return invalid("vhosts", "names must not be empty".into());
         }
@@ -363,6 +386,9 @@ pub fn command() -> clap::Command {
             clap::Command::new("print-config")
                 .about("Print the effective configuration and where each value came from"),
         )
+        .subcommand(clap::Command::new("hash-password").about(
+            "Read a password from standard input and print its argon2id hash for a users file",
+        ))
         .subcommand(
             clap::Command::new("check-config")
                 .about("Validate a configuration file without starting the broker")
@@ -383,7 +409,13 @@ fn flag(spec: &'static OptionSpec) -> Arg {
     );
     let arg = Arg::new(spec.name).long(spec.name).global(true).help(help);
     match spec.kind {
-        Kind::Bool => arg.action(ArgAction::SetTrue),
+        // `--flag` alone means true; `--flag=false` turns a default-true option off.
+        Kind::Bool => arg
+            .num_args(0..=1)
+            .require_equals(true)
+            .default_missing_value("true")
+            .value_name("BOOL"),
+        Kind::Rules => arg.value_name("TOML"),
         Kind::List => arg
             .action(ArgAction::Append)
             .value_delimiter(',')
@@ -404,6 +436,7 @@ where
     let matches = command().try_get_matches_from(args)?;
     let (action, file) = match matches.subcommand() {
         Some(("print-config", _)) => (Action::PrintConfig, config_path(&matches)),
+        Some(("hash-password", _)) => (Action::HashPassword, None),
         Some(("check-config", sub)) => {
             let file: PathBuf = sub.get_one::<String>("file").expect("required").into();
             (Action::CheckConfig(file.clone()), Some(file))
@@ -485,9 +518,6 @@ fn flag_value(
     if matches.value_source(spec.name) != Some(ValueSource::CommandLine) {
         return Ok(None);
     }
-    if spec.kind == Kind::Bool {
-        return Ok(Some(toml::Value::Boolean(matches.get_flag(spec.name))));
-    }
     let raw: Vec<String> = matches
         .get_many::<String>(spec.name)
         .map(|values| values.cloned().collect())
@@ -527,6 +557,12 @@ fn parse_text(
             .map(toml::Value::Float)
             .map_err(|_| bad("a number"))?,
         Kind::Str => toml::Value::String(text.to_owned()),
+        Kind::Rules => {
+            let doc: toml::Table = format!("v = {text}").parse().map_err(|_| {
+                bad("a TOML array of tables such as [{user = \"alice\", read = [\"/topic/#\"]}]")
+            })?;
+            doc["v"].clone()
+        }
         Kind::List => toml::Value::Array(
             joined
                 .split(',')

@@ -17,6 +17,8 @@ pub enum Kind {
     Str,
     /// A list of strings; comma-separated in env and flags.
     List,
+    /// A list of tables (access rules); a TOML array literal in env and flags.
+    Rules,
 }
 
 /// One configuration option.
@@ -126,7 +128,97 @@ pub const OPTIONS: &[OptionSpec] = &[
         "allow-anonymous",
         Kind::Bool,
         "false",
-        "Allow listening on a non-loopback address without authentication configured.",
+        "Allow listening on a non-loopback address without authentication configured; with \
+         authentication configured, let clients without credentials in as user anonymous.",
+    ),
+    opt(
+        "users-file",
+        Kind::Str,
+        r#""""#,
+        "TOML file of users with argon2 or bcrypt password hashes (see `postbox hash-password`); \
+         enables login/passcode authentication.",
+    ),
+    opt(
+        "jwt-secret",
+        Kind::Str,
+        r#""""#,
+        "Shared secret for HS256/HS384/HS512 tokens; enables JWT authentication. Prefer the \
+         environment variable to the flag, which other users can see.",
+    ),
+    opt(
+        "jwt-public-keys",
+        Kind::List,
+        "[]",
+        "PEM public key files (RSA, EC or Ed25519) for RS*/PS*/ES*/EdDSA tokens.",
+    ),
+    opt(
+        "jwt-jwks-file",
+        Kind::Str,
+        r#""""#,
+        "A JWKS file; keys are chosen by the token's kid.",
+    ),
+    opt(
+        "jwt-issuers",
+        Kind::List,
+        "[]",
+        "Accepted iss values (empty: any).",
+    ),
+    opt(
+        "jwt-audiences",
+        Kind::List,
+        "[]",
+        "Accepted aud values (empty: any).",
+    ),
+    opt(
+        "jwt-leeway-s",
+        Kind::Int,
+        "30",
+        "Clock skew tolerated on exp and nbf, in seconds.",
+    ),
+    opt(
+        "jwt-require-exp",
+        Kind::Bool,
+        "true",
+        "Refuse tokens without exp.",
+    ),
+    opt(
+        "jwt-user-claim",
+        Kind::Str,
+        r#""sub""#,
+        "The claim that names the user.",
+    ),
+    opt(
+        "jwt-roles-claim",
+        Kind::Str,
+        r#""roles""#,
+        "The claim listing the user's roles (matched by acl rules).",
+    ),
+    opt(
+        "jwt-permissions-claim",
+        Kind::Str,
+        r#""scope""#,
+        "The claim with read:<pattern> and write:<pattern> scopes.",
+    ),
+    opt(
+        "jwt-query-param",
+        Kind::Str,
+        r#""access_token""#,
+        "Query parameter of the WebSocket URL that may carry the token, for browser clients \
+         that cannot set headers (empty: none).",
+    ),
+    opt(
+        "acl",
+        Kind::Rules,
+        "[]",
+        "Access rules: [{user = \"alice\" or role = \"chat\" or user = \"*\", read = [patterns], \
+         write = [patterns]}]. Patterns are destinations with * and # words, or # for all.",
+    ),
+    opt(
+        "user-header",
+        Kind::Str,
+        r#""user-id""#,
+        "Header stamped on every MESSAGE with the sender's authenticated name; a value the \
+         client sent is replaced.",
     ),
     opt(
         "vhosts",

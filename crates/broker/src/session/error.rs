@@ -96,6 +96,23 @@ pub enum SessionError {
     /// The router refused a destination or a message.
     #[error("{0}")]
     Route(#[from] RouteError),
+    /// The credentials were refused. The reason is logged, not sent: it would help an
+    /// attacker more than a legitimate client.
+    #[error("authentication failed")]
+    AuthenticationFailed,
+    /// The session's token expired without a fresh one.
+    #[error("access token expired")]
+    TokenExpired,
+    /// The principal may not do this to this destination.
+    #[error("access refused: '{user}' may not {operation} '{destination}'")]
+    AccessRefused {
+        /// The authenticated user.
+        user: String,
+        /// `read from` or `write to`.
+        operation: &'static str,
+        /// The destination.
+        destination: String,
+    },
     /// No CONNECT arrived in time.
     #[error("no CONNECT frame within {0} ms")]
     ConnectTimeout(u64),
@@ -152,6 +169,9 @@ impl SessionError {
             SessionError::Closed(CloseReason::Shutdown) => "shutdown",
             SessionError::Closed(CloseReason::Admin) => "admin",
             SessionError::TooManyConnections(_) => "connection limit",
+            SessionError::AuthenticationFailed => "auth failure",
+            SessionError::TokenExpired => "token expired",
+            SessionError::AccessRefused { .. } => "access refused",
             _ => "protocol error",
         }
     }

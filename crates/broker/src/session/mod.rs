@@ -24,8 +24,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span};
 
+use crate::auth::{self, AuthHandle};
 use crate::vhost::Vhosts;
 pub use error::SessionError;
+use postbox_auth::{Credentials, Method, Operation, Principal};
 use reader::{FrameReader, ReadError};
 use writer::{Writer, WriterEnd};
 
@@ -39,6 +41,12 @@ const PREFETCH_COUNT: &str = "prefetch-count";
 const MESSAGE_TTL: &str = "x-message-ttl";
 /// Where a requester wants replies.
 const REPLY_TO: &str = "reply-to";
+/// Carries a bearer token on CONNECT, or a fresh one on any later frame.
+const AUTHORIZATION: &str = "Authorization";
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+}
 
 /// Session settings taken from the configuration.
 #[derive(Debug, Clone)]
@@ -61,6 +69,8 @@ pub struct Settings {
     pub server_name: String,
     /// This node's id, the prefix of session ids.
     pub node_id: String,
+    /// The header that carries the sender's name on MESSAGE.
+    pub user_header: ByteString,
 }
 
 impl Settings {
@@ -81,6 +91,7 @@ impl Settings {
             heartbeat_grace: config.heartbeat_grace,
             server_name: format!("postbox/{}", env!("CARGO_PKG_VERSION")),
             node_id: node_id.to_owned(),
+            user_header: ByteString::from(config.user_header.clone()),
         }
     }
 
@@ -99,19 +110,94 @@ pub struct Context {
     pub vhosts: Arc<Vhosts>,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
+    /// Who may connect and what they may do.
+    pub auth: Arc<AuthHandle>,
 }
 
-/// Serves one connection until it ends. `peer` and `transport` only label logs.
-pub async fn serve<R, W>(read: R, write: W, context: Context, peer: String, transport: &'static str)
+/// Where a connection comes from.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The remote address, for logs.
+    pub addr: String,
+    /// The transport's name, for logs.
+    pub transport: &'static str,
+    /// A token from the WebSocket URL's query string.
+    pub query_token: Option<String>,
+}
+
+/// Serves one connection until it ends.
+pub async fn serve<R, W>(read: R, write: W, context: Context, peer: Peer)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let span = info_span!("conn", %peer, transport, session = field::Empty);
-    serve_inner(read, write, context).instrument(span).await
+    let span = info_span!(
+        "conn",
+        peer = %peer.addr,
+        transport = peer.transport,
+        session = field::Empty,
+        user = field::Empty
+    );
+    serve_inner(read, write, context, peer)
+        .instrument(span)
+        .await
 }
 
-async fn serve_inner<R, W>(read: R, mut write: W, context: Context)
+/// Checks CONNECT's credentials, off the async threads (password hashes are slow on
+/// purpose) and under a deadline.
+async fn authenticate(
+    context: &Context,
+    connect: &Frame,
+    peer: &Peer,
+) -> Result<Principal, SessionError> {
+    let authenticator = context.auth.current();
+    let owned = |name| connect.get(name).map(str::to_owned);
+    let login = owned(names::LOGIN);
+    let passcode = owned(names::PASSCODE);
+    let bearer = authorization(connect)
+        .and_then(bearer_token)
+        .map(str::to_owned);
+    let query_token = peer.query_token.clone();
+    let check = move || {
+        authenticator.authenticate(
+            &Credentials {
+                login: login.as_deref(),
+                passcode: passcode.as_deref(),
+                bearer: bearer.as_deref(),
+                query_token: query_token.as_deref(),
+            },
+            auth::now(),
+        )
+    };
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(check)).await;
+    match outcome {
+        Ok(Ok(Ok(principal))) => Ok(principal),
+        Ok(Ok(Err(error))) => {
+            info!(reason = %error, "authentication failed");
+            Err(SessionError::AuthenticationFailed)
+        }
+        Ok(Err(_)) | Err(_) => {
+            info!("authentication failed: the check did not finish in time");
+            Err(SessionError::AuthenticationFailed)
+        }
+    }
+}
+
+/// The `Authorization` header, in either spelling HTTP-minded clients use.
+fn authorization(frame: &Frame) -> Option<&str> {
+    frame
+        .get(AUTHORIZATION)
+        .or_else(|| frame.get("authorization"))
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn serve_inner<R, W>(read: R, mut write: W, context: Context, peer: Peer)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -142,6 +228,11 @@ where
         Ok(negotiated) => negotiated,
         Err(error) => return refuse(&mut write, error, None).await,
     };
+    let principal = match authenticate(&context, &connect, &peer).await {
+        Ok(principal) => principal,
+        Err(error) => return refuse(&mut write, error, None).await,
+    };
+    tracing::Span::current().record("user", principal.name.as_str());
     reader.codec_mut().set_version(negotiated.version);
 
     // ===== Connected =====
@@ -163,6 +254,8 @@ where
         by_key: HashMap::new(),
         transactions: HashMap::new(),
         temp_queues: HashMap::new(),
+        principal,
+        auth: context.auth.clone(),
     };
     let writer = Writer::new(write, rx, outbox, negotiated.version, negotiated.send_every);
     let done = CancellationToken::new();
@@ -273,6 +366,9 @@ struct Session {
     /// Temporary queues by the name after `/temp-queue/`. Declared after the
     /// subscriptions so those are dropped first.
     temp_queues: HashMap<String, TempQueue>,
+    /// Who is connected, and what they may do.
+    principal: Principal,
+    auth: Arc<AuthHandle>,
 }
 
 impl Session {
@@ -285,11 +381,16 @@ impl Session {
     ) -> ReaderEnd {
         let outbox = self.outbox.clone();
         loop {
+            let expiry = self.token_deadline();
             let item = tokio::select! {
                 biased;
                 _ = done.cancelled() => return ReaderEnd::WriterGone,
                 _ = outbox.closed() => return ReaderEnd::Killed,
                 _ = shutdown.cancelled() => return self.fail(SessionError::Closed(CloseReason::Shutdown), None),
+                _ = tokio::time::sleep_until(expiry.unwrap_or_else(far_future)), if expiry.is_some() => {
+                    info!("closing: the access token expired and no fresh one arrived");
+                    return self.fail(SessionError::TokenExpired, None);
+                }
                 item = reader.next(silence) => item,
             };
             let frame = match item {
@@ -344,7 +445,70 @@ impl Session {
         ReaderEnd::Failed(error)
     }
 
-    async fn handle(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+    /// When the session's token expires, as a timer deadline.
+    fn token_deadline(&self) -> Option<tokio::time::Instant> {
+        let expires_at = self.principal.expires_at?;
+        let left = expires_at.saturating_sub(auth::now());
+        Some(tokio::time::Instant::now() + Duration::from_secs(left))
+    }
+
+    /// A fresh token in an `Authorization` header replaces the session's, if it names
+    /// the same user. The header is removed so it never travels further.
+    fn refresh_credentials(&mut self, frame: &mut Frame) -> Result<(), SessionError> {
+        let Some(value) = authorization(frame).map(str::to_owned) else {
+            return Ok(());
+        };
+        frame.headers.remove(AUTHORIZATION);
+        frame.headers.remove("authorization");
+        let Some(token) = bearer_token(&value) else {
+            info!("refused an Authorization header that is not a bearer token");
+            return Err(SessionError::AuthenticationFailed);
+        };
+        match self
+            .auth
+            .current()
+            .refresh(&self.principal, token, auth::now())
+        {
+            Ok(fresh) => {
+                debug!(expires_at = ?fresh.expires_at, "access token refreshed");
+                self.principal = fresh;
+                Ok(())
+            }
+            Err(error) => {
+                info!(reason = %error, "token refresh refused");
+                Err(SessionError::AuthenticationFailed)
+            }
+        }
+    }
+
+    /// Refuses unless the principal may `operation` `destination`. A connection's own
+    /// temporary queues are always its own; a reply queue's unguessable name is the
+    /// permission to answer into it (and only its owner can read it, which the router
+    /// enforces).
+    fn authorize(
+        &self,
+        operation: Operation,
+        destination: &Destination,
+    ) -> Result<(), SessionError> {
+        let allowed = match destination.kind() {
+            Kind::TempQueue | Kind::ReplyQueue => true,
+            _ => self.principal.may(operation, destination.as_str()),
+        };
+        if allowed {
+            return Ok(());
+        }
+        Err(SessionError::AccessRefused {
+            user: self.principal.name.clone(),
+            operation: match operation {
+                Operation::Read => "read from",
+                Operation::Write => "write to",
+            },
+            destination: error::shorten(destination.as_str()),
+        })
+    }
+
+    async fn handle(&mut self, mut frame: Frame) -> Result<Flow, SessionError> {
+        self.refresh_credentials(&mut frame)?;
         match frame.command {
             Command::Connect | Command::Stomp => Err(SessionError::AlreadyConnected(frame.command)),
             Command::Connected | Command::Message | Command::Receipt | Command::Error => {
@@ -365,6 +529,21 @@ impl Session {
 
     async fn send(&mut self, mut frame: Frame) -> Result<Flow, SessionError> {
         let mut destination = Destination::parse(required(&frame, names::DESTINATION)?)?;
+        self.authorize(Operation::Write, &destination)?;
+        // Answers to reply-to will be written there on this client's behalf, so it must
+        // be a destination this client could write to itself.
+        if let Some(reply_to) = frame.headers.get_shared(REPLY_TO)
+            && let Ok(target) = Destination::parse(reply_to)
+        {
+            self.authorize(Operation::Write, &target)?;
+        }
+        let user_header = self.settings.user_header.clone();
+        match self.principal.method {
+            Method::Open => {
+                frame.headers.remove(&user_header);
+            }
+            _ => frame.headers.set(user_header, self.principal.name.clone()),
+        }
         if destination.kind() == Kind::TempQueue {
             // The owner sending to its own temporary queue.
             destination = self.temp_queue(destination.name())?.reply_to().clone();
@@ -454,6 +633,7 @@ impl Session {
             ));
         }
         let destination = Destination::parse(raw_destination)?;
+        self.authorize(Operation::Read, &destination)?;
         let subscriber = Subscriber {
             outbox: self.outbox.clone(),
             id: id.clone(),
