@@ -20,6 +20,9 @@ pub enum RouteError {
     /// The queue is full and its policy is to refuse.
     #[error("queue '{0}' is full")]
     QueueFull(String),
+    /// In a cluster, the queue store could not take the message.
+    #[error("{0}")]
+    StoreUnavailable(String),
     /// The `expiration` header is not a number of milliseconds.
     #[error("invalid expiration '{0}': expected a number of milliseconds")]
     InvalidExpiration(String),

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::outbox::{CloseReason, Delivery, Outbox};
+use crate::relay::{QueueStore, StoreReceipt};
 use crate::{AckMode, Destination, Message};
 
 /// What a queue does when a message arrives and it is full.
@@ -106,6 +107,8 @@ pub struct Queued {
     pub deliveries: u32,
     /// When it expires.
     pub expires_at: Option<Instant>,
+    /// Where it is kept in a cluster's queue store, if it came from one.
+    pub receipt: Option<StoreReceipt>,
 }
 
 impl Queued {
@@ -125,6 +128,7 @@ impl Queued {
             message,
             deliveries: 0,
             expires_at,
+            receipt: None,
         }
     }
 
@@ -252,6 +256,13 @@ struct State {
 /// Delivery tags, unique in the process.
 static NEXT_TAG: AtomicU64 = AtomicU64::new(1);
 
+/// The cluster store a queue's messages come from, and the virtual host it is in.
+#[derive(Debug)]
+struct StoreLink {
+    store: Arc<dyn QueueStore>,
+    vhost: String,
+}
+
 /// One queue.
 #[derive(Debug)]
 pub struct Queue {
@@ -260,18 +271,85 @@ pub struct Queue {
     state: Mutex<State>,
     space: Notify,
     stats: QueueStats,
+    /// In a cluster: where settled and released messages are reported.
+    store: Option<StoreLink>,
+    /// In a cluster: wakes the fetcher when consumers may take more.
+    demand: Notify,
 }
 
 impl Queue {
     /// An empty queue.
     pub fn new(destination: Destination, settings: QueueSettings) -> Arc<Queue> {
+        Queue::build(destination, settings, None)
+    }
+
+    /// An empty node-local buffer of a cluster queue kept in `store`.
+    pub fn clustered(
+        destination: Destination,
+        settings: QueueSettings,
+        store: Arc<dyn QueueStore>,
+        vhost: &str,
+    ) -> Arc<Queue> {
+        let link = StoreLink {
+            store,
+            vhost: vhost.to_owned(),
+        };
+        Queue::build(destination, settings, Some(link))
+    }
+
+    fn build(
+        destination: Destination,
+        settings: QueueSettings,
+        store: Option<StoreLink>,
+    ) -> Arc<Queue> {
         Arc::new(Queue {
             destination,
             settings,
             state: Mutex::default(),
             space: Notify::new(),
             stats: QueueStats::default(),
+            store,
+            demand: Notify::new(),
         })
+    }
+
+    /// How many more messages the consumers could take now: their free prefetch credit
+    /// minus what is already waiting. A cluster fetcher asks for this many.
+    pub fn demand(&self) -> usize {
+        let state = self.lock();
+        let credit: usize = state
+            .consumers
+            .iter()
+            .filter(|c| !c.outbox.is_closed())
+            .map(|c| c.prefetch.saturating_sub(c.unacked.len()))
+            .sum();
+        credit.saturating_sub(state.ready.len())
+    }
+
+    /// Resolves when [`Queue::demand`] may have grown (a cluster fetcher waits on it).
+    pub async fn demand_changed(&self) {
+        self.demand.notified().await
+    }
+
+    /// Receipts of every store message held here (waiting or unacknowledged).
+    pub fn held_receipts(&self) -> Vec<StoreReceipt> {
+        let state = self.lock();
+        state
+            .ready
+            .iter()
+            .chain(state.consumers.iter().flat_map(|c| c.unacked.values()))
+            .filter_map(|q| q.receipt.clone())
+            .collect()
+    }
+
+    /// Tells the store these messages are done with.
+    fn settle_in_store(&self, items: impl IntoIterator<Item = Queued>) {
+        if let Some(link) = &self.store {
+            let receipts: Vec<StoreReceipt> = items.into_iter().filter_map(|q| q.receipt).collect();
+            if !receipts.is_empty() {
+                link.store.settle(&link.vhost, &self.destination, receipts);
+            }
+        }
     }
 
     /// The queue's destination.
@@ -343,7 +421,8 @@ impl Queue {
         Offer::Accepted
     }
 
-    /// Stores a message whatever the limits (dead letters must not be lost).
+    /// Stores a message whatever the limits (dead letters must not be lost; a cluster's
+    /// fetched messages were already counted against the limits by the store).
     pub fn force(self: &Arc<Queue>, queued: Queued) -> Result<(), Queued> {
         let mut state = self.lock();
         if state.deleted {
@@ -413,24 +492,38 @@ impl Queue {
         }
         let unwritten = consumer.ack == AckMode::Auto;
         let mut dead = Vec::new();
-        self.requeue(
-            &mut state,
-            consumer.unacked.into_values(),
-            unwritten,
-            &mut dead,
-        );
+        let mut expired = Vec::new();
+        let unacked = consumer.unacked.into_values();
+        self.requeue(&mut state, unacked, unwritten, &mut dead, &mut expired);
         self.dispatch(&mut state);
+        // A cluster queue with no local consumer left hands what it fetched back, so
+        // other nodes' consumers get it without waiting for a claim timeout.
+        let released: Vec<StoreReceipt> = match (&self.store, state.consumers.is_empty()) {
+            (Some(_), true) => {
+                state.ready_bytes = 0;
+                state.ready.drain(..).filter_map(|q| q.receipt).collect()
+            }
+            _ => Vec::new(),
+        };
         let idle = state.consumers.is_empty() && state.ready.is_empty();
+        drop(state);
+        self.settle_in_store(expired);
+        if let Some(link) = &self.store
+            && !released.is_empty()
+        {
+            link.store.release(&link.vhost, &self.destination, released);
+        }
         (dead, idle)
     }
 
-    /// Puts messages back at the front, oldest first.
+    /// Puts messages back at the front, oldest first; expired ones go to `expired`.
     fn requeue(
         &self,
         state: &mut State,
         items: impl DoubleEndedIterator<Item = Queued>,
         unwritten: bool,
         dead: &mut Vec<DeadLetter>,
+        expired: &mut Vec<Queued>,
     ) {
         let now = Instant::now();
         for mut item in items.rev() {
@@ -440,6 +533,7 @@ impl Queue {
             }
             if item.expired(now) {
                 self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                expired.push(item);
                 continue;
             }
             if self.settings.max_deliveries > 0 && item.deliveries >= self.settings.max_deliveries {
@@ -474,6 +568,8 @@ impl Queue {
             .acked
             .fetch_add(taken.len() as u64, Ordering::Relaxed);
         self.dispatch(&mut state);
+        drop(state);
+        self.settle_in_store(taken);
         Ok(())
     }
 
@@ -495,8 +591,15 @@ impl Queue {
             .ok_or(UnknownAck)?;
         let taken = take(&mut consumer.unacked, tag, cumulative)?;
         let mut dead = Vec::new();
+        let mut expired = Vec::new();
         if requeue {
-            self.requeue(&mut state, taken.into_iter(), false, &mut dead);
+            self.requeue(
+                &mut state,
+                taken.into_iter(),
+                false,
+                &mut dead,
+                &mut expired,
+            );
         } else {
             dead.extend(
                 taken
@@ -505,6 +608,8 @@ impl Queue {
             );
         }
         self.dispatch(&mut state);
+        drop(state);
+        self.settle_in_store(expired);
         Ok(dead)
     }
 
@@ -528,12 +633,16 @@ impl Queue {
             .iter_mut()
             .find(|c| c.key == key)
             .ok_or(UnknownAck)?;
-        let mut settled = 0;
-        for tag in tags {
-            settled += u64::from(consumer.unacked.remove(tag).is_some());
-        }
-        self.stats.acked.fetch_add(settled, Ordering::Relaxed);
+        let settled: Vec<Queued> = tags
+            .iter()
+            .filter_map(|tag| consumer.unacked.remove(tag))
+            .collect();
+        self.stats
+            .acked
+            .fetch_add(settled.len() as u64, Ordering::Relaxed);
         self.dispatch(&mut state);
+        drop(state);
+        self.settle_in_store(settled);
         Ok(())
     }
 
@@ -587,6 +696,8 @@ impl Queue {
             state.ready_bytes -= item.size();
             if item.expired(now) {
                 self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                // Rare, and the store only queues the request: fine under the lock.
+                self.settle_in_store([item]);
                 continue;
             }
             item.deliveries += 1;
@@ -620,6 +731,9 @@ impl Queue {
         }
         if state.ready.len() < before {
             self.space.notify_waiters();
+        }
+        if self.store.is_some() {
+            self.demand.notify_waiters();
         }
     }
 }

@@ -1,32 +1,87 @@
-//! The seam between one node's router and the rest of a cluster.
+//! The seams between one node's router and the rest of a cluster.
 //!
-//! The router calls a [`Relay`] for every message a local client publishes and whenever
-//! local interest in a topic appears or disappears. A cluster implementation forwards
-//! those to other nodes and hands their messages back through
-//! [`Router::publish_local`](crate::Router::publish_local), which never calls the relay
-//! again, so a message crosses at most one hop.
+//! The router calls a [`Relay`] for every message a local client publishes on a topic
+//! and whenever the number of local subscriptions to a destination changes. A cluster
+//! implementation forwards those to the nodes that are interested and hands their
+//! messages back through [`Router::publish_local`](crate::Router::publish_local), which
+//! never calls the relay again, so a message crosses at most one hop.
+//!
+//! Queues are different: in a cluster a queue is one queue for all nodes, so its
+//! messages live in a shared [`QueueStore`] and each node's local [`Queue`] only holds
+//! the messages it fetched for its own consumers.
 
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use crate::Message;
+use crate::queue::Queue;
+use crate::{Destination, Message};
 
-/// Local interest in a topic pattern changed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Interest {
-    /// The first local subscription to `pattern` appeared.
-    Added(String),
-    /// The last local subscription to `pattern` went away.
-    Removed(String),
+/// A boxed future, for the store's asynchronous calls.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Identifies a queue message in the shared store (for Redis, a stream entry id).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StoreReceipt(pub Arc<str>);
+
+/// Why the store did not take a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached; the message was not accepted.
+    #[error("the cluster's queue store is unreachable ({0}); the message was not accepted")]
+    Unavailable(String),
+    /// The queue is at its length limit and its policy is to refuse.
+    #[error("queue '{0}' is full")]
+    Full(String),
+}
+
+/// Where a cluster keeps its queues' messages.
+pub trait QueueStore: Send + Sync + Debug + 'static {
+    /// Stores a message at the end of `queue`; resolves once it is stored durably (or
+    /// refused). `expires_at` is when it stops being deliverable.
+    fn append(
+        &self,
+        vhost: &str,
+        queue: &Destination,
+        message: Arc<Message>,
+        expires_at: Option<SystemTime>,
+    ) -> BoxFuture<Result<(), StoreError>>;
+
+    /// Starts fetching messages of `queue` for its local consumers; called when a
+    /// queue gets a local consumer. Fetching stops by itself when the consumers are
+    /// gone.
+    fn attach(&self, vhost: &str, queue: &Arc<Queue>);
+
+    /// These messages were acknowledged (or moved to a dead-letter queue): forget them.
+    fn settle(&self, vhost: &str, queue: &Destination, receipts: Vec<StoreReceipt>);
+
+    /// These messages were fetched but will not be delivered here (the local consumers
+    /// left): let another node have them.
+    fn release(&self, vhost: &str, queue: &Destination, receipts: Vec<StoreReceipt>);
 }
 
 /// Connects a router to other nodes. Implementations must not block: they queue work for
 /// their own tasks.
-pub trait Relay: Send + Sync + std::fmt::Debug + 'static {
+pub trait Relay: Send + Sync + Debug + 'static {
     /// A local client published `message` on a topic of virtual host `vhost`.
     fn forward(&self, vhost: &str, message: &Arc<Message>);
 
-    /// Local interest in a topic pattern (a topic name, possibly with wildcards) changed.
-    fn interest(&self, vhost: &str, change: Interest);
+    /// A local client sent `message` to a reply queue owned by connection on `node`.
+    /// Returns false when that node cannot be reached through this relay.
+    fn forward_reply(&self, _vhost: &str, _node: &str, _message: &Arc<Message>) -> bool {
+        false
+    }
+
+    /// The number of local subscriptions to `destination` (a topic name or pattern with
+    /// its `/topic/` prefix, or a queue) is now `count`.
+    fn interest(&self, vhost: &str, destination: &str, count: usize);
+
+    /// The shared queue store, when queues live outside this node.
+    fn queue_store(&self) -> Option<Arc<dyn QueueStore>> {
+        None
+    }
 }
 
 /// The relay of a node that runs alone: does nothing.
@@ -36,5 +91,5 @@ pub struct NoRelay;
 impl Relay for NoRelay {
     fn forward(&self, _vhost: &str, _message: &Arc<Message>) {}
 
-    fn interest(&self, _vhost: &str, _change: Interest) {}
+    fn interest(&self, _vhost: &str, _destination: &str, _count: usize) {}
 }

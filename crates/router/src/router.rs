@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use postbox_stomp::{ByteString, Headers};
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::outbox::{Delivery, Outbox, PushError};
 use crate::queue::{DeadLetter, Offer, Overflow, Queue, QueueSettings, Queued, UnknownAck};
-use crate::relay::{Interest, NoRelay, Relay};
+use crate::relay::{NoRelay, QueueStore, Relay, StoreError};
 use crate::topic::{Entry, Pattern, TopicIndex};
 use crate::{Destination, Kind, Message, RouteError};
 
@@ -120,6 +120,8 @@ struct Shared {
     topics: Mutex<TopicIndex<TopicSink>>,
     queues: Mutex<HashMap<ByteString, Arc<Queue>>>,
     relay: Arc<dyn Relay>,
+    /// Where queues keep their messages in a cluster; `None` when running alone.
+    store: Option<Arc<dyn QueueStore>>,
     next_key: AtomicU64,
     next_message: AtomicU64,
     stats: RouterStats,
@@ -147,6 +149,7 @@ impl Router {
                 config,
                 topics: Mutex::default(),
                 queues: Mutex::default(),
+                store: relay.queue_store(),
                 relay,
                 next_key: AtomicU64::new(1),
                 next_message: AtomicU64::new(1),
@@ -267,11 +270,8 @@ impl Router {
             sink,
         });
         let wildcard = entry.pattern.is_some();
-        if self.lock_topics().insert(entry) {
-            self.shared
-                .relay
-                .interest(self.vhost(), Interest::Added(name.to_string()));
-        }
+        let count = self.lock_topics().insert(entry);
+        self.topic_interest(&name, count);
         Subscription {
             router: self.clone(),
             key,
@@ -285,11 +285,29 @@ impl Router {
     }
 
     fn unsubscribe_topic(&self, key: u64, name: &ByteString, wildcard: bool) {
-        if self.lock_topics().remove(key, name, wildcard) {
-            self.shared
-                .relay
-                .interest(self.vhost(), Interest::Removed(name.to_string()));
-        }
+        let count = self.lock_topics().remove(key, name, wildcard);
+        self.topic_interest(name, count);
+    }
+
+    /// Tells the relay how many local subscriptions a topic name or pattern has.
+    fn topic_interest(&self, name: &str, count: usize) {
+        let destination = format!("{}{name}", Kind::Topic.prefix());
+        self.shared
+            .relay
+            .interest(self.vhost(), &destination, count);
+    }
+
+    /// Tells the relay how many local consumers a queue has.
+    fn queue_interest(&self, queue: &Queue) {
+        let count = queue.consumer_count();
+        self.shared
+            .relay
+            .interest(self.vhost(), queue.destination().as_str(), count);
+    }
+
+    /// This node's id, the prefix of its reply queues.
+    pub fn node_id(&self) -> &str {
+        &self.shared.config.node_id
     }
 
     /// Creates a temporary queue for one connection, reachable by others under the
@@ -345,7 +363,12 @@ impl Router {
             dead_letter,
             ..config.queue.clone()
         };
-        let queue = Queue::new(destination.clone(), settings);
+        let queue = match &self.shared.store {
+            Some(store) => {
+                Queue::clustered(destination.clone(), settings, store.clone(), self.vhost())
+            }
+            None => Queue::new(destination.clone(), settings),
+        };
         queues.insert(destination.shared().clone(), queue.clone());
         queue
     }
@@ -381,16 +404,17 @@ impl Router {
         headers: &Headers,
         body: Bytes,
     ) -> Result<Arc<Message>, RouteError> {
-        let expires_at = match headers.get("expiration") {
+        let ttl = match headers.get("expiration") {
             None => None,
             Some(raw) => {
                 let ms: u64 = raw
                     .trim()
                     .parse()
                     .map_err(|_| RouteError::InvalidExpiration(raw.chars().take(64).collect()))?;
-                Some(Instant::now() + Duration::from_millis(ms))
+                Some(Duration::from_millis(ms))
             }
         };
+        let expires_at = ttl.map(|ttl| Instant::now() + ttl);
         let message = Arc::new(Message::from_send(
             self.next_message_id(),
             destination,
@@ -403,24 +427,45 @@ impl Router {
                 self.route_topic(&message, expires_at);
                 self.shared.relay.forward(self.vhost(), &message);
             }
-            Kind::Queue => {
-                let queue = self.queue_for(message.destination(), None);
-                self.enqueue(queue, Queued::new(message.clone(), expires_at, None))
-                    .await?;
-            }
+            Kind::Queue => match &self.shared.store {
+                Some(store) => {
+                    // In a cluster the queue lives in the store; the message is accepted
+                    // once it is stored there.
+                    let ttl = ttl.or(self.shared.config.queue.ttl);
+                    let expires = ttl.map(|ttl| SystemTime::now() + ttl);
+                    let stored = store.append(
+                        self.vhost(),
+                        message.destination(),
+                        message.clone(),
+                        expires,
+                    );
+                    stored.await.map_err(|error| match error {
+                        StoreError::Full(queue) => RouteError::QueueFull(queue),
+                        other => RouteError::StoreUnavailable(other.to_string()),
+                    })?;
+                }
+                None => {
+                    let queue = self.queue_for(message.destination(), None);
+                    self.enqueue(queue, Queued::new(message.clone(), expires_at, None))
+                        .await?;
+                }
+            },
             Kind::ReplyQueue => {
                 let queue = self.queue(message.destination().as_str());
+                let owner = reply_queue_node(message.destination());
                 match queue {
                     Some(queue) => {
                         let ttl = queue.settings().ttl;
                         self.enqueue(queue, Queued::new(message.clone(), expires_at, ttl))
                             .await?
                     }
-                    None => {
-                        // The requester has gone; like an unroutable reply in RabbitMQ.
-                        self.shared.stats.unroutable.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(destination = %message.destination(), "reply to a closed temporary queue dropped");
-                    }
+                    None if owner.is_some_and(|node| node != self.node_id())
+                        && self.shared.relay.forward_reply(
+                            self.vhost(),
+                            owner.unwrap_or_default(),
+                            &message,
+                        ) => {}
+                    None => self.unroutable(&message),
                 }
             }
             Kind::TempQueue => {
@@ -464,9 +509,28 @@ impl Router {
     /// Delivers a message that came from another node to local subscribers only.
     pub fn publish_local(&self, message: Arc<Message>) {
         self.shared.stats.published.fetch_add(1, Ordering::Relaxed);
-        if message.destination().kind() == Kind::Topic {
-            self.route_topic(&message, None);
+        match message.destination().kind() {
+            Kind::Topic => self.route_topic(&message, None),
+            Kind::ReplyQueue => match self.queue(message.destination().as_str()) {
+                Some(queue) => {
+                    let ttl = queue.settings().ttl;
+                    if queue
+                        .force(Queued::new(message.clone(), None, ttl))
+                        .is_err()
+                    {
+                        self.unroutable(&message);
+                    }
+                }
+                None => self.unroutable(&message),
+            },
+            Kind::Queue | Kind::TempQueue => {}
         }
+    }
+
+    /// A reply whose temporary queue is gone; like an unroutable reply in RabbitMQ.
+    fn unroutable(&self, message: &Message) {
+        self.shared.stats.unroutable.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(destination = %message.destination(), "reply to a closed temporary queue dropped");
     }
 
     /// Fans a topic message out to every matching subscription.
@@ -516,6 +580,9 @@ impl Router {
                     .stats
                     .dead_letters_dropped
                     .fetch_add(1, Ordering::Relaxed);
+                if let (Some(store), Some(receipt)) = (&self.shared.store, letter.queued.receipt) {
+                    store.settle(self.vhost(), &letter.from, vec![receipt]);
+                }
                 continue;
             };
             let original = &letter.queued.message;
@@ -529,6 +596,16 @@ impl Router {
                 headers,
                 original.body().clone(),
             ));
+            if let Some(store) = &self.shared.store {
+                self.bury_in_store(
+                    store.clone(),
+                    letter.from,
+                    letter.queued.receipt,
+                    to,
+                    message,
+                );
+                continue;
+            }
             let mut queued = Queued::new(message, None, None);
             // Dead letters are never refused: losing them would lose accepted messages.
             loop {
@@ -540,6 +617,30 @@ impl Router {
         }
     }
 
+    /// In a cluster: stores the dead letter, then forgets the original; if the store
+    /// cannot take it, the original is released to be delivered again rather than lost.
+    fn bury_in_store(
+        &self,
+        store: Arc<dyn QueueStore>,
+        from: Destination,
+        receipt: Option<crate::relay::StoreReceipt>,
+        to: Destination,
+        message: Arc<Message>,
+    ) {
+        let vhost = self.vhost().to_owned();
+        tokio::spawn(async move {
+            let stored = store.append(&vhost, &to, message, None).await;
+            let Some(receipt) = receipt else { return };
+            match stored {
+                Ok(()) => store.settle(&vhost, &from, vec![receipt]),
+                Err(error) => {
+                    tracing::warn!(%from, %to, "dead letter not stored ({error}); it will be delivered again");
+                    store.release(&vhost, &from, vec![receipt]);
+                }
+            }
+        });
+    }
+
     fn lock_topics(&self) -> MutexGuard<'_, TopicIndex<TopicSink>> {
         // A panic while holding the lock cannot leave the index half-updated in a way
         // that matters more than stopping the broker would, so poisoning is ignored.
@@ -549,6 +650,11 @@ impl Router {
     fn lock_queues(&self) -> MutexGuard<'_, HashMap<ByteString, Arc<Queue>>> {
         self.shared.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The node that owns a reply queue: its names start with `<node>-`.
+fn reply_queue_node(destination: &Destination) -> Option<&str> {
+    destination.name().split_once('-').map(|(node, _)| node)
 }
 
 /// The most unacknowledged messages one subscription may hold.
@@ -643,8 +749,11 @@ impl Drop for Subscription {
             Target::Queue { queue, cleanup } => {
                 let (dead, idle) = queue.remove_consumer(self.key);
                 self.router.bury(dead);
-                if idle && matches!(cleanup, Cleanup::Shared) {
-                    self.router.forget_if_idle(queue);
+                if let Cleanup::Shared = cleanup {
+                    self.router.queue_interest(queue);
+                    if idle {
+                        self.router.forget_if_idle(queue);
+                    }
                 }
             }
         }

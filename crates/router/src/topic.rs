@@ -116,8 +116,8 @@ impl<S> Default for TopicIndex<S> {
 }
 
 impl<S> TopicIndex<S> {
-    /// Adds an entry; returns true when it is the first for its name or pattern.
-    pub fn insert(&mut self, entry: Arc<Entry<S>>) -> bool {
+    /// Adds an entry; returns how many entries its name or pattern now has.
+    pub fn insert(&mut self, entry: Arc<Entry<S>>) -> usize {
         if entry.pattern.is_some() {
             self.wildcard.push(entry.clone());
             self.cache.clear();
@@ -130,11 +130,11 @@ impl<S> TopicIndex<S> {
         }
         let count = self.interest.entry(entry.name.clone()).or_default();
         *count += 1;
-        *count == 1
+        *count
     }
 
-    /// Removes the entry with `key` under `name`; returns true when it was the last one.
-    pub fn remove(&mut self, key: u64, name: &ByteString, wildcard: bool) -> bool {
+    /// Removes the entry with `key` under `name`; returns how many entries remain for it.
+    pub fn remove(&mut self, key: u64, name: &ByteString, wildcard: bool) -> usize {
         if wildcard {
             self.wildcard.retain(|e| e.key != key);
             self.cache.clear();
@@ -150,13 +150,13 @@ impl<S> TopicIndex<S> {
         match self.interest.get_mut(name) {
             Some(count) if *count > 1 => {
                 *count -= 1;
-                false
+                *count
             }
             Some(_) => {
                 self.interest.remove(name);
-                true
+                0
             }
-            None => false,
+            None => 0,
         }
     }
 
@@ -248,18 +248,18 @@ mod tests {
     #[test]
     fn lookup_combines_exact_and_wildcard_and_follows_changes() {
         let mut index = TopicIndex::default();
-        assert!(index.insert(entry(1, "a.b")));
-        assert!(!index.insert(entry(2, "a.b")));
-        assert!(index.insert(entry(3, "a.*")));
-        assert!(index.insert(entry(4, "x.#")));
+        assert_eq!(index.insert(entry(1, "a.b")), 1);
+        assert_eq!(index.insert(entry(2, "a.b")), 2);
+        assert_eq!(index.insert(entry(3, "a.*")), 1);
+        assert_eq!(index.insert(entry(4, "x.#")), 1);
         assert_eq!(keys(&mut index, "a.b"), [1, 2, 3]);
         assert_eq!(keys(&mut index, "a.c"), [3]);
-        assert!(!index.remove(1, &"a.b".into(), false));
+        assert_eq!(index.remove(1, &"a.b".into(), false), 1);
         assert_eq!(keys(&mut index, "a.b"), [2, 3]);
-        assert!(index.remove(3, &"a.*".into(), true));
+        assert_eq!(index.remove(3, &"a.*".into(), true), 0);
         assert_eq!(keys(&mut index, "a.b"), [2]);
         assert_eq!(keys(&mut index, "a.c"), Vec::<u64>::new());
-        assert!(index.remove(2, &"a.b".into(), false));
+        assert_eq!(index.remove(2, &"a.b".into(), false), 0);
         assert_eq!(index.interest.len(), 1);
     }
 }

@@ -287,6 +287,14 @@ impl Config {
                 "must be non-empty printable text".into(),
             );
         }
+        if !self
+            .node_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || self.node_id.len() > 64
+        {
+            return invalid("node-id", "use at most 64 letters, digits or _".into());
+        }
         if let Err(error) = postbox_auth::Rules::new(&self.acl) {
             return invalid("acl", error.to_string());
         }
