@@ -18,7 +18,7 @@ apt_install() {
   $sudo apt-get install -y -qq "${missing[@]}" >/dev/null \
     || { $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null; }
 }
-apt_install chromium openssl
+apt_install chromium openssl redis-server
 if ! python3 -c 'import stomp' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'stomp.py==8.2.0'
 fi

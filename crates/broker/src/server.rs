@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use postbox_cluster::ClusterRelay;
+
 use crate::Config;
 use crate::auth::AuthHandle;
 use crate::session::{self, Context, Peer, SessionError, Settings};
@@ -90,6 +92,9 @@ pub enum StartError {
     /// A users file or JWT key is unusable.
     #[error("authentication: {0}")]
     Auth(String),
+    /// The cluster cannot be joined.
+    #[error("{0}")]
+    Cluster(#[from] postbox_cluster::ClusterError),
 }
 
 /// A running broker.
@@ -103,6 +108,7 @@ pub struct Running {
     ready: Arc<AtomicBool>,
     certs: Option<Arc<CertStore>>,
     auth: Arc<AuthHandle>,
+    cluster: Option<ClusterRelay>,
 }
 
 /// What every accept loop shares.
@@ -139,9 +145,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         _ => None,
     };
     let tls = certs.as_ref().map(|store| store.acceptor()).transpose()?;
+    let cluster = match config.cluster_config(&node_id) {
+        Some(settings) => Some(ClusterRelay::connect(settings).await?),
+        None => None,
+    };
+    let vhosts = match &cluster {
+        Some(relay) => {
+            let vhosts = Vhosts::with_relay(&config, &node_id, Arc::new(relay.clone()));
+            for router in vhosts.routers() {
+                relay.register(router.clone());
+            }
+            vhosts
+        }
+        None => Vhosts::new(&config, &node_id),
+    };
     let context = Context {
         settings: Arc::new(Settings::from_config(&config, &node_id)),
-        vhosts: Arc::new(Vhosts::new(&config, &node_id)),
+        vhosts: Arc::new(vhosts),
         shutdown: CancellationToken::new(),
         auth: auth.clone(),
     };
@@ -195,6 +215,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ready: shared.ready,
         certs,
         auth,
+        cluster,
     })
 }
 
@@ -233,7 +254,18 @@ impl Running {
                 "some connections did not close within the drain timeout"
             );
         }
+        if let Some(cluster) = &self.cluster {
+            // Sessions released their queue messages as they closed; give the relay a
+            // moment to send that, then leave so others stop counting this node at once.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            cluster.leave().await;
+        }
         finished
+    }
+
+    /// The cluster relay, when clustered.
+    pub fn cluster(&self) -> Option<&ClusterRelay> {
+        self.cluster.as_ref()
     }
 }
 

@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
-use postbox_router::Router;
+use std::sync::Arc;
+
+use postbox_router::{NoRelay, Relay, Router};
 
 use crate::Config;
 
@@ -21,8 +23,14 @@ impl Vhosts {
     /// names configured, `host` must be one of them; a CONNECT without `host` gets the
     /// first.
     pub fn new(config: &Config, node_id: &str) -> Vhosts {
+        Vhosts::with_relay(config, node_id, Arc::new(NoRelay))
+    }
+
+    /// Like [`Vhosts::new`], with every router connected to a cluster through `relay`.
+    pub fn with_relay(config: &Config, node_id: &str, relay: Arc<dyn Relay>) -> Vhosts {
         let names = &config.vhosts;
-        let router = |vhost: &str| Router::new(config.router_config(vhost, node_id));
+        let router =
+            |vhost: &str| Router::with_relay(config.router_config(vhost, node_id), relay.clone());
         if names.is_empty() {
             return Vhosts {
                 by_name: HashMap::new(),

@@ -222,6 +222,12 @@ impl Router {
             subscriber.ack,
             prefetch,
         );
+        if let Cleanup::Shared = cleanup {
+            self.queue_interest(&queue);
+            if let Some(store) = &self.shared.store {
+                store.attach(self.vhost(), &queue);
+            }
+        }
         Subscription {
             router: self.clone(),
             key,

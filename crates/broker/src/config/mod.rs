@@ -61,6 +61,14 @@ pub struct Config {
     pub jwt_query_param: String,
     pub acl: Vec<RuleSpec>,
     pub user_header: String,
+    pub cluster: String,
+    pub cluster_password: String,
+    pub cluster_tls_ca: String,
+    pub cluster_wait: bool,
+    pub cluster_prefix: String,
+    pub cluster_claim_ms: u64,
+    pub cluster_node_ttl_ms: u64,
+    pub cluster_store_timeout_ms: u64,
     pub vhosts: Vec<String>,
     pub max_connections: usize,
     pub max_frame_size: usize,
@@ -301,8 +309,24 @@ impl Config {
         if self.user_header.is_empty() {
             return invalid("user-header", "must not be empty".into());
         }
-        if self.vhosts.iter().any(String::is_empty) {
-            return invalid("vhosts", "names must not be empty".into());
+        let redis_url = ["redis://", "rediss://"]
+            .iter()
+            .any(|scheme| self.cluster.starts_with(scheme));
+        if !self.cluster.is_empty() && !redis_url {
+            return invalid("cluster", "must be a redis:// or rediss:// URL".into());
+        }
+        if self.cluster_node_ttl_ms < 300 || self.cluster_claim_ms < 300 {
+            return invalid(
+                "cluster-node-ttl-ms",
+                "cluster timings must be at least 300 ms".into(),
+            );
+        }
+        if self
+            .vhosts
+            .iter()
+            .any(|v| v.is_empty() || v.chars().any(char::is_control))
+        {
+            return invalid("vhosts", "names must be non-empty printable text".into());
         }
         Ok(())
     }
@@ -353,6 +377,23 @@ impl Config {
             dead_letter_suffix: self.dead_letter_suffix.clone(),
             default_prefetch: self.default_prefetch,
         }
+    }
+
+    /// How to join the cluster, when one is configured.
+    pub fn cluster_config(&self, node_id: &str) -> Option<postbox_cluster::ClusterConfig> {
+        (!self.cluster.is_empty()).then(|| postbox_cluster::ClusterConfig {
+            url: self.cluster.clone(),
+            password: (!self.cluster_password.is_empty()).then(|| self.cluster_password.clone()),
+            tls_ca: (!self.cluster_tls_ca.is_empty()).then(|| self.cluster_tls_ca.clone().into()),
+            node_id: node_id.to_owned(),
+            prefix: self.cluster_prefix.clone(),
+            wait: self.cluster_wait,
+            claim_idle: Duration::from_millis(self.cluster_claim_ms),
+            node_ttl: Duration::from_millis(self.cluster_node_ttl_ms),
+            queue_max_length: self.queue_max_length,
+            queue_overflow: Overflow::parse(&self.queue_overflow).unwrap_or(Overflow::Block),
+            store_timeout: Duration::from_millis(self.cluster_store_timeout_ms),
+        })
     }
 
     /// `drain-timeout-ms` as a duration.

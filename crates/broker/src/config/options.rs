@@ -221,6 +221,56 @@ pub const OPTIONS: &[OptionSpec] = &[
          client sent is replaced.",
     ),
     opt(
+        "cluster",
+        Kind::Str,
+        r#""""#,
+        "Redis URL (redis://host:port, rediss:// for TLS) of the cluster to join; empty runs \
+         alone.",
+    ),
+    opt(
+        "cluster-password",
+        Kind::Str,
+        r#""""#,
+        "Redis password, if not in the URL.",
+    ),
+    opt(
+        "cluster-tls-ca",
+        Kind::Str,
+        r#""""#,
+        "PEM CA certificates to trust for rediss:// (default: the system's).",
+    ),
+    opt(
+        "cluster-wait",
+        Kind::Bool,
+        "false",
+        "At start, wait for Redis instead of failing when it cannot be reached.",
+    ),
+    opt(
+        "cluster-prefix",
+        Kind::Str,
+        r#""postbox""#,
+        "Prefix of the cluster's Redis keys and channels, so clusters can share a Redis.",
+    ),
+    opt(
+        "cluster-claim-ms",
+        Kind::Int,
+        "30000",
+        "Queue messages held this long by a node that stopped responding are delivered by \
+         another node.",
+    ),
+    opt(
+        "cluster-node-ttl-ms",
+        Kind::Int,
+        "5000",
+        "A node silent this long is considered gone; its subscribers stop counting.",
+    ),
+    opt(
+        "cluster-store-timeout-ms",
+        Kind::Int,
+        "5000",
+        "How long a SEND to a cluster queue waits for Redis before it is refused.",
+    ),
+    opt(
         "vhosts",
         Kind::List,
         "[]",
