@@ -50,7 +50,13 @@ impl Shared {
     }
 }
 
-pub async fn run(target: &Target, options: &Options) -> io::Result<Report> {
+/// Runs the scenario: subscribers connect to `target`, publishers to `publish_target`
+/// (the same broker, or another node of its cluster).
+pub async fn run(
+    target: &Target,
+    publish_target: &Target,
+    options: &Options,
+) -> io::Result<Report> {
     let destination = crate::unique_destination("/topic/bench");
     let shared = Arc::new(Shared {
         phase: AtomicU8::new(WARMUP),
@@ -79,9 +85,14 @@ pub async fn run(target: &Target, options: &Options) -> io::Result<Report> {
         }));
     }
 
+    if publish_target.addr != target.addr {
+        // Another node learns of the subscriptions through the cluster: wait until a
+        // probe gets through before measuring.
+        wait_for_route(publish_target, &destination, &shared).await?;
+    }
     let mut publishers = Vec::new();
     for _ in 0..options.publishers {
-        let (reader, writer) = conn::connect(target).await?;
+        let (reader, writer) = conn::connect(publish_target).await?;
         let shared = shared.clone();
         let stop = stop.clone();
         let options = options.clone();
@@ -133,6 +144,26 @@ pub async fn run(target: &Target, options: &Options) -> io::Result<Report> {
         latency,
         extra: Vec::new(),
     })
+}
+
+/// Publishes probes (which subscribers count) until one has been received by all.
+async fn wait_for_route(target: &Target, destination: &str, shared: &Shared) -> io::Result<()> {
+    let (_reader, mut writer) = conn::connect(target).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = shared.slowest();
+    while shared.slowest() == before {
+        if Instant::now() > deadline {
+            return Err(io::Error::other(
+                "subscriptions never became visible to the publishing node",
+            ));
+        }
+        let probe = Frame::new(Command::Send)
+            .header("destination", destination)
+            .body(vec![0u8; 8]);
+        writer.send(&probe).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 async fn subscribe_loop(

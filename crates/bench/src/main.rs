@@ -108,6 +108,9 @@ struct FanoutArgs {
     /// Most messages in flight to the slowest subscriber in unlimited runs.
     #[arg(long, default_value_t = 2000)]
     window: u64,
+    /// Connect publishers here instead of --addr (another node of a cluster).
+    #[arg(long)]
+    publish_addr: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -149,6 +152,10 @@ fn main() -> ExitCode {
         match cli.scenario {
             Scenario::Fanout(args) => {
                 let target = target(&args.common);
+                let publish_target = conn::Target {
+                    addr: args.publish_addr.unwrap_or(args.common.addr),
+                    ..target.clone()
+                };
                 let options = fanout::Options {
                     publishers: args.publishers,
                     subscribers: args.subscribers,
@@ -158,7 +165,10 @@ fn main() -> ExitCode {
                     rate: args.rate,
                     window: args.window,
                 };
-                (args.common.json, fanout::run(&target, &options).await)
+                (
+                    args.common.json,
+                    fanout::run(&target, &publish_target, &options).await,
+                )
             }
             Scenario::Queue(args) => {
                 let target = target(&args.common);
