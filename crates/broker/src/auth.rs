@@ -13,7 +13,7 @@ use crate::Config;
 #[derive(Debug)]
 pub struct AuthHandle {
     current: RwLock<Arc<Authenticator>>,
-    config: Config,
+    config: RwLock<Config>,
 }
 
 impl AuthHandle {
@@ -21,7 +21,7 @@ impl AuthHandle {
     pub fn load(config: &Config) -> Result<Arc<AuthHandle>, String> {
         Ok(Arc::new(AuthHandle {
             current: RwLock::new(Arc::new(build(config)?)),
-            config: config.clone(),
+            config: RwLock::new(config.clone()),
         }))
     }
 
@@ -33,9 +33,19 @@ impl AuthHandle {
             .clone()
     }
 
+    /// Uses `config`'s authentication options at the next [`AuthHandle::reload`].
+    pub fn replace_config(&self, config: &Config) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
+    }
+
     /// Reads the files again; on error the previous authenticator stays.
     pub fn reload(&self) {
-        match build(&self.config) {
+        let config = self
+            .config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match build(&config) {
             Ok(fresh) => {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
                 info!("authentication keys and users reloaded");

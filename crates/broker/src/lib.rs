@@ -9,10 +9,15 @@
 //! - a message leaves the socket in `session::writer`.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod registry;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod transport;
 pub mod vhost;
 

@@ -10,7 +10,8 @@ use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let loaded = match config::load(std::env::args_os(), |var| std::env::var(var).ok()) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let loaded = match config::load(args.clone(), |var| std::env::var(var).ok()) {
         Ok(loaded) => loaded,
         Err(ConfigError::Cli(error)) => error.exit(),
         Err(error) => {
@@ -25,6 +26,10 @@ fn main() -> ExitCode {
         }
         Action::CheckConfig(path) => {
             println!("{}: ok", path.display());
+            return ExitCode::SUCCESS;
+        }
+        Action::ConfigReference => {
+            print!("{}", config::reference());
             return ExitCode::SUCCESS;
         }
         Action::HashPassword => {
@@ -53,14 +58,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(loaded.config))
+    runtime.block_on(run(loaded.config, args))
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, args: Vec<std::ffi::OsString>) -> ExitCode {
     // Handlers go in before anyone can be told the broker is ready, so an early signal
     // is handled, not fatal.
     let mut signals = Signals::install();
-    let running = match postbox_broker::start(config).await {
+    let mut running = match postbox_broker::start(config).await {
         Ok(running) => running,
         Err(error) => {
             error!("{error}");
@@ -90,8 +95,12 @@ async fn run(config: Config) -> ExitCode {
     let signal = loop {
         match signals.next().await {
             "SIGHUP" => {
-                info!("SIGHUP received: reloading");
-                running.reload();
+                // The same command line and environment, with the file read again.
+                info!("SIGHUP received: reloading the configuration");
+                match config::load(args.clone(), |var| std::env::var(var).ok()) {
+                    Ok(fresh) => running.reload(fresh.config),
+                    Err(error) => error!("reload refused, nothing changed: {error}"),
+                }
             }
             other => break other,
         }
@@ -150,8 +159,10 @@ fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Human => builder.init(),

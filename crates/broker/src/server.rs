@@ -1,12 +1,14 @@
 //! Starting and stopping the broker: binds listeners, accepts connections under a limit,
-//! hands each to its transport and then to a session, and shuts down gracefully.
+//! hands each to its transport and then to a session, reloads on SIGHUP, and shuts down
+//! gracefully, spreading the goodbyes over a lame-duck window.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use postbox_cluster::ClusterRelay;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -15,11 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use postbox_cluster::ClusterRelay;
-
 use crate::Config;
 use crate::auth::AuthHandle;
+use crate::http;
+use crate::metrics::DisconnectReason;
 use crate::session::{self, Context, Peer, SessionError, Settings};
+use crate::state::{BrokerState, StateParts};
 use crate::transport::tls::{CertStore, TlsError};
 use crate::transport::ws::{self, Accepted, WsSettings};
 use crate::vhost::Vhosts;
@@ -35,6 +38,8 @@ pub enum Transport {
     Ws,
     /// STOMP over WebSocket over TLS.
     Wss,
+    /// Plain HTTP: health, metrics, admin.
+    Http,
 }
 
 impl Transport {
@@ -45,6 +50,7 @@ impl Transport {
             Transport::StompTls => "stomp-tls",
             Transport::Ws => "ws",
             Transport::Wss => "wss",
+            Transport::Http => "http",
         }
     }
 
@@ -103,12 +109,10 @@ pub struct Running {
     listening: Vec<Listening>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    drain: Duration,
+    config: Config,
     node_id: String,
-    ready: Arc<AtomicBool>,
-    certs: Option<Arc<CertStore>>,
-    auth: Arc<AuthHandle>,
-    cluster: Option<ClusterRelay>,
+    state: Arc<BrokerState>,
+    permits: Arc<Semaphore>,
 }
 
 /// What every accept loop shares.
@@ -116,11 +120,9 @@ pub struct Running {
 struct Shared {
     context: Context,
     permits: Arc<Semaphore>,
-    max_connections: usize,
     tracker: TaskTracker,
     tls: Option<TlsAcceptor>,
     ws: Arc<WsSettings>,
-    ready: Arc<AtomicBool>,
     /// The WebSocket query parameter that may carry a token.
     query_param: String,
 }
@@ -131,7 +133,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let auth = AuthHandle::load(&config).map_err(StartError::Auth)?;
     if !config.allow_anonymous
         && auth.current().is_open()
-        && let Some((_, public)) = listeners.iter().find(|(_, addr)| !addr.ip().is_loopback())
+        && let Some((_, public)) = listeners
+            .iter()
+            .find(|(t, addr)| *t != Transport::Http && !addr.ip().is_loopback())
     {
         return Err(StartError::Insecure(*public));
     }
@@ -159,16 +163,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         None => Vhosts::new(&config, &node_id),
     };
-    let context = Context {
-        settings: Arc::new(Settings::from_config(&config, &node_id)),
-        vhosts: Arc::new(vhosts),
-        shutdown: CancellationToken::new(),
-        auth: auth.clone(),
-    };
+    let state = BrokerState::new(StateParts {
+        settings: Settings::from_config(&config, &node_id),
+        vhosts,
+        auth,
+        certs: certs.clone(),
+        cluster,
+        metrics_queue_top: config.metrics_queue_top,
+        admin_token: (!config.admin_token.is_empty()).then(|| config.admin_token.clone()),
+        admin_role: config.admin_role.clone(),
+    });
+    let shutdown = CancellationToken::new();
     let shared = Shared {
-        context: context.clone(),
+        context: Context {
+            state: state.clone(),
+            shutdown: shutdown.clone(),
+        },
         permits: Arc::new(Semaphore::new(config.max_connections)),
-        max_connections: config.max_connections,
         tracker: TaskTracker::new(),
         tls,
         ws: Arc::new(WsSettings {
@@ -177,7 +188,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             allowed_origins: config.ws_allowed_origins.clone(),
             request_timeout: config.connect_timeout(),
         }),
-        ready: Arc::new(AtomicBool::new(true)),
         query_param: config.jwt_query_param.clone(),
     };
     let mut listening = Vec::new();
@@ -204,18 +214,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         && config.tls_reload_ms > 0
     {
         let every = Duration::from_millis(config.tls_reload_ms);
-        tokio::spawn(store.clone().watch(every, context.shutdown.clone()));
+        tokio::spawn(store.clone().watch(every, shutdown.clone()));
     }
     Ok(Running {
         listening,
-        shutdown: context.shutdown,
+        shutdown,
         tracker: shared.tracker,
-        drain: config.drain_timeout(),
+        permits: shared.permits,
+        config,
         node_id,
-        ready: shared.ready,
-        certs,
-        auth,
-        cluster,
+        state,
     })
 }
 
@@ -230,31 +238,96 @@ impl Running {
         &self.node_id
     }
 
-    /// Reloads what can change without a restart (the TLS certificate, JWT keys, the
-    /// users file), as on SIGHUP.
-    pub fn reload(&self) {
-        if let Some(store) = &self.certs {
-            store.reload_logged("reload requested");
-        }
-        self.auth.reload();
+    /// The broker's shared state.
+    pub fn state(&self) -> &Arc<BrokerState> {
+        &self.state
     }
 
-    /// Stops accepting, asks every session to flush and close, and waits for them up to
-    /// the drain timeout. Returns whether every session finished in time.
+    /// Applies a freshly loaded configuration, as on SIGHUP: the TLS certificate, JWT
+    /// keys, the users file and every limit take effect for new connections (and new
+    /// handshakes); options that need a restart are named in the log and left alone.
+    pub fn reload(&mut self, fresh: Config) {
+        if let Some(store) = &self.state.certs {
+            store.reload_logged("reload requested");
+        }
+        let changed = self.config.differences(&fresh);
+        let (live, restart): (Vec<&str>, Vec<&str>) = changed
+            .iter()
+            .map(|(name, _, _)| *name)
+            .partition(|name| crate::config::reloadable(name));
+        for (name, old, new) in &changed {
+            if crate::config::reloadable(name) {
+                info!(option = name, old = %old, new = %new, "reloaded");
+            }
+        }
+        if !restart.is_empty() {
+            warn!(options = ?restart, "changed, but only take effect after a restart");
+        }
+        let mut applied = fresh.clone();
+        // Keep what cannot change at runtime, so later reloads compare against what runs.
+        for name in &restart {
+            applied.restore(name, &self.config);
+        }
+        if applied.max_connections != self.config.max_connections {
+            let (old, new) = (self.config.max_connections, applied.max_connections);
+            if new > old {
+                self.permits.add_permits(new - old);
+            } else {
+                let permits = self.permits.clone();
+                tokio::spawn(async move {
+                    // Taken as connections close; never more than the old limit was.
+                    if let Ok(taken) = permits.acquire_many_owned((old - new) as u32).await {
+                        taken.forget();
+                    }
+                });
+            }
+        }
+        self.state
+            .set_settings(Settings::from_config(&applied, &self.node_id));
+        if live
+            .iter()
+            .any(|name| name.starts_with("jwt-") || *name == "users-file" || *name == "acl")
+        {
+            self.state.auth.replace_config(&applied);
+        }
+        self.state.auth.reload();
+        self.config = applied;
+    }
+
+    /// Stops accepting, then closes sessions spread over the lame-duck window (so a
+    /// cluster's clients reconnect elsewhere gradually), each after its queued frames
+    /// and an ERROR saying the server is going away, and waits for them up to the drain
+    /// timeout. Returns whether every session finished in time.
     pub async fn shutdown(self) -> bool {
-        self.ready.store(false, Ordering::Release);
-        self.shutdown.cancel();
+        self.state.ready.store(false, Ordering::Release);
+        let drain = self.config.drain_timeout();
+        let window = Duration::from_millis(self.config.lame_duck_ms).min(drain);
         self.tracker.close();
-        let finished = tokio::time::timeout(self.drain, self.tracker.wait())
+        let sessions = self.state.registry.all();
+        if !sessions.is_empty() && !window.is_zero() {
+            info!(
+                sessions = sessions.len(),
+                window_ms = window.as_millis() as u64,
+                "lame duck: closing connections gradually"
+            );
+            let step = window / sessions.len() as u32;
+            for session in sessions {
+                session.goodbye.cancel();
+                tokio::time::sleep(step).await;
+            }
+        }
+        // Whatever is left (and the listeners) stop now.
+        self.shutdown.cancel();
+        let finished = tokio::time::timeout(drain.saturating_sub(window), self.tracker.wait())
             .await
             .is_ok();
         if !finished {
             warn!(
-                drain_ms = self.drain.as_millis() as u64,
+                drain_ms = drain.as_millis() as u64,
                 "some connections did not close within the drain timeout"
             );
         }
-        if let Some(cluster) = &self.cluster {
+        if let Some(cluster) = &self.state.cluster {
             // Sessions released their queue messages as they closed; give the relay a
             // moment to send that, then leave so others stop counting this node at once.
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -265,7 +338,7 @@ impl Running {
 
     /// The cluster relay, when clustered.
     pub fn cluster(&self) -> Option<&ClusterRelay> {
-        self.cluster.as_ref()
+        self.state.cluster.as_ref()
     }
 }
 
@@ -277,6 +350,10 @@ impl Shared {
                 _ = self.context.shutdown.cancelled() => return,
                 accepted = listener.accept() => accepted,
             };
+            if !self.context.state.ready.load(Ordering::Acquire) {
+                // Lame duck: no new sessions while the old ones are sent away.
+                return;
+            }
             let (stream, peer) = match accepted {
                 Ok(accepted) => {
                     backoff = Duration::from_millis(5);
@@ -291,6 +368,14 @@ impl Shared {
                 }
             };
             let _ = stream.set_nodelay(true);
+            if transport == Transport::Http {
+                let state = self.context.state.clone();
+                let timeout = self.ws.request_timeout;
+                self.tracker
+                    .spawn(async move { http::serve(stream, &state, timeout).await });
+                continue;
+            }
+            self.context.state.metrics.connected(transport.name());
             let permit = self.permits.clone().try_acquire_owned();
             let shared = self.clone();
             self.tracker.spawn(async move {
@@ -328,6 +413,7 @@ impl Shared {
                     self.websocket(tls, peer_label).await;
                 }
             }
+            Transport::Http => {}
         }
     }
 
@@ -337,7 +423,7 @@ impl Shared {
         peer: SocketAddr,
     ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
         let acceptor = self.tls.as_ref()?;
-        let timeout = self.context.settings.connect_timeout;
+        let timeout = self.context.state.settings().connect_timeout;
         match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => Some(tls),
             Ok(Err(error)) => {
@@ -355,7 +441,7 @@ impl Shared {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        match ws::accept(stream, &self.ws, &self.ready).await {
+        match ws::accept(stream, &self.ws, &self.context.state).await {
             Ok(Accepted::WebSocket(request)) => {
                 debug!(peer = %peer.addr, protocol = ?request.protocol, "WebSocket upgraded");
                 let request = *request;
@@ -385,7 +471,12 @@ impl Shared {
 
     /// Tells a client past the connection limit why it is refused, in its transport.
     async fn refuse_over_limit(&self, stream: TcpStream, transport: Transport) {
-        let error = SessionError::TooManyConnections(self.max_connections);
+        let limit = self.context.state.settings().max_connections;
+        let error = SessionError::TooManyConnections(limit);
+        self.context
+            .state
+            .metrics
+            .disconnected(DisconnectReason::ConnectionLimit);
         match transport {
             Transport::Stomp => {
                 let mut stream = stream;

@@ -10,7 +10,7 @@ use postbox_testkit::{Broker, Client, Command, Frame};
 
 #[tokio::test]
 async fn sigterm_flushes_queued_messages_then_says_why_and_exits() {
-    let mut broker = common::start(&["--drain-timeout-ms", "3000"]);
+    let mut broker = common::start(&["--drain-timeout-ms", "3000", "--lame-duck-ms", "500"]);
     let mut subscriber = Client::connect(broker.addr, &[]).await;
     subscriber.subscribe("0", "/topic/drain", &[]).await;
     let mut publisher = Client::connect(broker.addr, &[]).await;
@@ -182,6 +182,44 @@ fn json_logs_on_request() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lame_duck_shutdown_spreads_the_goodbyes_over_its_window() {
+    let mut broker = common::start(&["--lame-duck-ms", "1500", "--drain-timeout-ms", "5000"]);
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(Client::connect(broker.addr, &[]).await);
+    }
+    let started = std::time::Instant::now();
+    broker.signal("TERM");
+    let mut goodbyes = Vec::new();
+    for client in &mut clients {
+        let error = client
+            .next_frame(Duration::from_secs(5))
+            .await
+            .expect("an ERROR");
+        assert_eq!(error.get("message"), Some("server is shutting down"));
+        goodbyes.push(started.elapsed());
+    }
+    goodbyes.sort();
+    let spread = goodbyes[goodbyes.len() - 1] - goodbyes[0];
+    assert!(
+        spread >= Duration::from_millis(800),
+        "all at once: {goodbyes:?}"
+    );
+    // Nobody new gets in meanwhile: the connection is refused or never answered.
+    if let Ok(stream) = tokio::net::TcpStream::connect(broker.addr).await {
+        let mut late = Client::over(Box::pin(stream));
+        let _ = late
+            .try_send_raw(b"CONNECT\naccept-version:1.2\n\n\0")
+            .await;
+        assert!(late.next_frame(Duration::from_secs(2)).await.is_none());
+    }
+    let status = broker
+        .wait_exit(Duration::from_secs(6))
+        .expect("postbox exited");
+    assert!(status.success());
+}
+
 #[tokio::test]
 async fn idle_connections_are_closed_on_shutdown_too() {
     let mut broker = common::start(&[]);
@@ -206,5 +244,21 @@ fn the_container_config_is_valid() {
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_configuration_reference_matches_the_code() {
+    let output = Process::new(common::binary())
+        .arg("config-reference")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let generated = String::from_utf8(output.stdout).unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+    let written = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        generated == written,
+        "docs/configuration.md is out of date: run `cargo run --bin postbox -- config-reference > docs/configuration.md`"
     );
 }

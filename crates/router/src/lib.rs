@@ -28,7 +28,9 @@ pub use destination::{Destination, Kind};
 pub use error::RouteError;
 pub use message::Message;
 pub use outbox::{CloseReason, Delivery, Notification, Outbox, OutboxReceiver, PushError, outbox};
-pub use queue::{Overflow, Queue, QueueSettings, Queued, Settle, UnknownAck, parse_ack_id};
+pub use queue::{
+    Overflow, Queue, QueueSettings, QueueStats, Queued, Settle, UnknownAck, parse_ack_id,
+};
 pub use relay::{BoxFuture, NoRelay, QueueStore, Relay, StoreError, StoreReceipt};
 pub use router::{
     AckMode, MAX_PREFETCH, Router, RouterConfig, RouterStats, Subscriber, Subscription, TempQueue,

@@ -275,12 +275,23 @@ pub struct Queue {
     store: Option<StoreLink>,
     /// In a cluster: wakes the fetcher when consumers may take more.
     demand: Notify,
+    /// Counters shared by every queue of a router, which outlive single queues.
+    totals: Option<Arc<QueueStats>>,
 }
 
 impl Queue {
     /// An empty queue.
     pub fn new(destination: Destination, settings: QueueSettings) -> Arc<Queue> {
-        Queue::build(destination, settings, None)
+        Queue::build(destination, settings, None, None)
+    }
+
+    /// An empty queue whose counters also add up in `totals`.
+    pub fn counted(
+        destination: Destination,
+        settings: QueueSettings,
+        totals: Arc<QueueStats>,
+    ) -> Arc<Queue> {
+        Queue::build(destination, settings, None, Some(totals))
     }
 
     /// An empty node-local buffer of a cluster queue kept in `store`.
@@ -289,18 +300,20 @@ impl Queue {
         settings: QueueSettings,
         store: Arc<dyn QueueStore>,
         vhost: &str,
+        totals: Arc<QueueStats>,
     ) -> Arc<Queue> {
         let link = StoreLink {
             store,
             vhost: vhost.to_owned(),
         };
-        Queue::build(destination, settings, Some(link))
+        Queue::build(destination, settings, Some(link), Some(totals))
     }
 
     fn build(
         destination: Destination,
         settings: QueueSettings,
         store: Option<StoreLink>,
+        totals: Option<Arc<QueueStats>>,
     ) -> Arc<Queue> {
         Arc::new(Queue {
             destination,
@@ -310,7 +323,16 @@ impl Queue {
             stats: QueueStats::default(),
             store,
             demand: Notify::new(),
+            totals,
         })
+    }
+
+    /// Adds `n` to one counter of this queue and of the router's totals.
+    fn count(&self, counter: impl Fn(&QueueStats) -> &AtomicU64, n: u64) {
+        counter(&self.stats).fetch_add(n, Ordering::Relaxed);
+        if let Some(totals) = &self.totals {
+            counter(totals).fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// How many more messages the consumers could take now: their free prefetch credit
@@ -401,7 +423,7 @@ impl Queue {
                             break;
                         };
                         state.ready_bytes -= dropped.size();
-                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        self.count(|s| &s.dropped, 1);
                     }
                 }
                 Overflow::CloseConsumers => {
@@ -416,7 +438,7 @@ impl Queue {
         }
         state.ready_bytes += size;
         state.ready.push_back(queued);
-        self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
+        self.count(|s| &s.enqueued, 1);
         self.dispatch(&mut state);
         Offer::Accepted
     }
@@ -430,7 +452,7 @@ impl Queue {
         }
         state.ready_bytes += queued.size();
         state.ready.push_back(queued);
-        self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
+        self.count(|s| &s.enqueued, 1);
         self.dispatch(&mut state);
         Ok(())
     }
@@ -532,7 +554,7 @@ impl Queue {
                 item.deliveries = item.deliveries.saturating_sub(1);
             }
             if item.expired(now) {
-                self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                self.count(|s| &s.expired, 1);
                 expired.push(item);
                 continue;
             }
@@ -546,7 +568,7 @@ impl Queue {
     }
 
     fn dead_letter(&self, queued: Queued, reason: DeathReason) -> DeadLetter {
-        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.count(|s| &s.dead_lettered, 1);
         DeadLetter {
             queued,
             reason,
@@ -564,9 +586,7 @@ impl Queue {
             .find(|c| c.key == key)
             .ok_or(UnknownAck)?;
         let taken = take(&mut consumer.unacked, tag, cumulative)?;
-        self.stats
-            .acked
-            .fetch_add(taken.len() as u64, Ordering::Relaxed);
+        self.count(|s| &s.acked, taken.len() as u64);
         self.dispatch(&mut state);
         drop(state);
         self.settle_in_store(taken);
@@ -637,9 +657,7 @@ impl Queue {
             .iter()
             .filter_map(|tag| consumer.unacked.remove(tag))
             .collect();
-        self.stats
-            .acked
-            .fetch_add(settled.len() as u64, Ordering::Relaxed);
+        self.count(|s| &s.acked, settled.len() as u64);
         self.dispatch(&mut state);
         drop(state);
         self.settle_in_store(settled);
@@ -695,7 +713,7 @@ impl Queue {
             let mut item = state.ready.pop_front().expect("not empty");
             state.ready_bytes -= item.size();
             if item.expired(now) {
-                self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                self.count(|s| &s.expired, 1);
                 // Rare, and the store only queues the request: fine under the lock.
                 self.settle_in_store([item]);
                 continue;
@@ -722,9 +740,9 @@ impl Queue {
                 state.ready.push_front(item);
                 continue;
             }
-            self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            self.count(|s| &s.delivered, 1);
             if item.deliveries > 1 {
-                self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
+                self.count(|s| &s.redelivered, 1);
             }
             consumer.unacked.insert(tag, item);
             state.cursor = (index + 1) % count;

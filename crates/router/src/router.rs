@@ -17,7 +17,9 @@ use postbox_stomp::{ByteString, Headers};
 use tokio::time::Instant;
 
 use crate::outbox::{Delivery, Outbox, PushError};
-use crate::queue::{DeadLetter, Offer, Overflow, Queue, QueueSettings, Queued, UnknownAck};
+use crate::queue::{
+    DeadLetter, Offer, Overflow, Queue, QueueSettings, QueueStats, Queued, UnknownAck,
+};
 use crate::relay::{NoRelay, QueueStore, Relay, StoreError};
 use crate::topic::{Entry, Pattern, TopicIndex};
 use crate::{Destination, Kind, Message, RouteError};
@@ -122,6 +124,8 @@ struct Shared {
     relay: Arc<dyn Relay>,
     /// Where queues keep their messages in a cluster; `None` when running alone.
     store: Option<Arc<dyn QueueStore>>,
+    /// Counters of all queues, kept when idle queues are forgotten.
+    queue_totals: Arc<QueueStats>,
     next_key: AtomicU64,
     next_message: AtomicU64,
     stats: RouterStats,
@@ -150,6 +154,7 @@ impl Router {
                 topics: Mutex::default(),
                 queues: Mutex::default(),
                 store: relay.queue_store(),
+                queue_totals: Arc::default(),
                 relay,
                 next_key: AtomicU64::new(1),
                 next_message: AtomicU64::new(1),
@@ -257,7 +262,11 @@ impl Router {
                     ttl: None,
                     ..self.shared.config.queue.clone()
                 };
-                let queue = Queue::new(destination.clone(), settings);
+                let queue = Queue::counted(
+                    destination.clone(),
+                    settings,
+                    self.shared.queue_totals.clone(),
+                );
                 let prefetch = self.prefetch(&subscriber);
                 queue.add_consumer(
                     key,
@@ -311,6 +320,29 @@ impl Router {
             .interest(self.vhost(), queue.destination().as_str(), count);
     }
 
+    /// Topic names and patterns with local subscriptions, and how many each has.
+    pub fn topic_subscriptions(&self) -> Vec<(String, usize)> {
+        let mut all: Vec<(String, usize)> = self
+            .lock_topics()
+            .interest()
+            .map(|(name, count)| (format!("{}{name}", Kind::Topic.prefix()), count))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Every queue this node holds (temporary ones included).
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        let mut all: Vec<Arc<Queue>> = self.lock_queues().values().cloned().collect();
+        all.sort_by(|a, b| a.destination().as_str().cmp(b.destination().as_str()));
+        all
+    }
+
+    /// Counters summed over every queue this router ever had.
+    pub fn queue_totals(&self) -> &QueueStats {
+        &self.shared.queue_totals
+    }
+
     /// This node's id, the prefix of its reply queues.
     pub fn node_id(&self) -> &str {
         &self.shared.config.node_id
@@ -331,7 +363,7 @@ impl Router {
             max_deliveries: 0,
             ..self.shared.config.queue.clone()
         };
-        let queue = Queue::new(reply_to.clone(), settings);
+        let queue = Queue::counted(reply_to.clone(), settings, self.shared.queue_totals.clone());
         self.lock_queues()
             .insert(reply_to.shared().clone(), queue.clone());
         Ok(TempQueue {
@@ -370,10 +402,18 @@ impl Router {
             ..config.queue.clone()
         };
         let queue = match &self.shared.store {
-            Some(store) => {
-                Queue::clustered(destination.clone(), settings, store.clone(), self.vhost())
-            }
-            None => Queue::new(destination.clone(), settings),
+            Some(store) => Queue::clustered(
+                destination.clone(),
+                settings,
+                store.clone(),
+                self.vhost(),
+                self.shared.queue_totals.clone(),
+            ),
+            None => Queue::counted(
+                destination.clone(),
+                settings,
+                self.shared.queue_totals.clone(),
+            ),
         };
         queues.insert(destination.shared().clone(), queue.clone());
         queue

@@ -160,6 +160,11 @@ impl<S> TopicIndex<S> {
         }
     }
 
+    /// Subscriptions per name or pattern.
+    pub fn interest(&self) -> impl Iterator<Item = (&ByteString, usize)> {
+        self.interest.iter().map(|(name, count)| (name, *count))
+    }
+
     /// Every entry matching `topic`.
     pub fn lookup(&mut self, topic: &ByteString) -> Matches<S> {
         if let Some(hit) = self.cache.get(topic) {

@@ -11,6 +11,7 @@
 pub mod broker;
 pub mod certs;
 pub mod client;
+pub mod http;
 pub mod redis;
 
 pub use broker::Broker;

@@ -82,6 +82,32 @@ pub const OPTIONS: &[OptionSpec] = &[
         "Addresses for STOMP over WebSocket over TLS; needs tls-cert and tls-key.",
     ),
     opt(
+        "http-listen",
+        Kind::List,
+        "[]",
+        "Addresses for plain HTTP: /healthz, /readyz, /metrics and the admin API (WebSocket \
+         listeners answer these too).",
+    ),
+    opt(
+        "admin-token",
+        Kind::Str,
+        r#""""#,
+        "Bearer token for the admin API. Prefer the environment variable to the flag.",
+    ),
+    opt(
+        "admin-role",
+        Kind::Str,
+        r#""admin""#,
+        "A JWT whose roles claim includes this role may use the admin API.",
+    ),
+    opt(
+        "metrics-queue-top",
+        Kind::Int,
+        "20",
+        "Per-queue metrics cover at most this many queues, the deepest, so label \
+         cardinality stays bounded; totals cover all.",
+    ),
+    opt(
         "tls-cert",
         Kind::Str,
         r#""""#,
@@ -386,8 +412,15 @@ pub const OPTIONS: &[OptionSpec] = &[
     opt(
         "drain-timeout-ms",
         Kind::Int,
-        "5000",
+        "10000",
         "On SIGINT/SIGTERM, how long connections get to flush before the process exits.",
+    ),
+    opt(
+        "lame-duck-ms",
+        Kind::Int,
+        "3000",
+        "On shutdown, connections are sent away one by one over this window (within the \
+         drain timeout), so a cluster's clients reconnect elsewhere gradually.",
     ),
     opt(
         "log-format",

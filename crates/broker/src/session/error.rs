@@ -4,6 +4,8 @@ use postbox_router::{CloseReason, RouteError};
 use postbox_stomp::headers::names;
 use postbox_stomp::{Command, Frame, FrameError, Version};
 
+use crate::metrics::DisconnectReason;
+
 /// Why a session sends ERROR and closes. Each variant is one ERROR frame whose
 /// `message` header is the `Display` text.
 #[derive(Debug, thiserror::Error)]
@@ -160,19 +162,22 @@ impl SessionError {
             .body(format!("{message}\n"))
     }
 
-    /// A short label for logs and metrics.
-    pub fn kind(&self) -> &'static str {
+    /// Why the connection ends, for logs and metrics.
+    pub fn disconnect_reason(&self) -> DisconnectReason {
         match self {
-            SessionError::HeartBeatTimeout { .. } => "heart-beat timeout",
-            SessionError::ConnectTimeout(_) => "connect timeout",
-            SessionError::Closed(CloseReason::SlowConsumer { .. }) => "slow consumer",
-            SessionError::Closed(CloseReason::Shutdown) => "shutdown",
-            SessionError::Closed(CloseReason::Admin) => "admin",
-            SessionError::TooManyConnections(_) => "connection limit",
-            SessionError::AuthenticationFailed => "auth failure",
-            SessionError::TokenExpired => "token expired",
-            SessionError::AccessRefused { .. } => "access refused",
-            _ => "protocol error",
+            SessionError::HeartBeatTimeout { .. } => DisconnectReason::HeartBeatTimeout,
+            SessionError::ConnectTimeout(_) => DisconnectReason::ConnectTimeout,
+            SessionError::Closed(CloseReason::SlowConsumer { .. }) => {
+                DisconnectReason::SlowConsumer
+            }
+            SessionError::Closed(CloseReason::Shutdown) => DisconnectReason::Shutdown,
+            SessionError::Closed(CloseReason::Admin) => DisconnectReason::Admin,
+            SessionError::TooManyConnections(_) => DisconnectReason::ConnectionLimit,
+            SessionError::AuthenticationFailed | SessionError::TokenExpired => {
+                DisconnectReason::AuthFailure
+            }
+            SessionError::AccessRefused { .. } => DisconnectReason::AccessRefused,
+            _ => DisconnectReason::ProtocolError,
         }
     }
 }

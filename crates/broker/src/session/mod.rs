@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span};
 
 use crate::auth::{self, AuthHandle};
-use crate::vhost::Vhosts;
+use crate::metrics::DisconnectReason;
+use crate::registry::{Connection, Opening, SubscriptionInfo, Traffic};
+use crate::state::BrokerState;
 pub use error::SessionError;
 use postbox_auth::{Credentials, Method, Operation, Principal};
 use reader::{FrameReader, ReadError};
@@ -71,6 +73,8 @@ pub struct Settings {
     pub node_id: String,
     /// The header that carries the sender's name on MESSAGE.
     pub user_header: ByteString,
+    /// Most connections at once (for the refusal message).
+    pub max_connections: usize,
 }
 
 impl Settings {
@@ -92,6 +96,7 @@ impl Settings {
             server_name: format!("postbox/{}", env!("CARGO_PKG_VERSION")),
             node_id: node_id.to_owned(),
             user_header: ByteString::from(config.user_header.clone()),
+            max_connections: config.max_connections,
         }
     }
 
@@ -104,14 +109,11 @@ impl Settings {
 /// What a session needs from the server around it.
 #[derive(Debug, Clone)]
 pub struct Context {
-    /// Session settings.
-    pub settings: Arc<Settings>,
-    /// The virtual hosts.
-    pub vhosts: Arc<Vhosts>,
-    /// Cancelled when the broker shuts down.
+    /// The broker's shared state.
+    pub state: Arc<BrokerState>,
+    /// Cancelled when the broker shuts down; each session watches a child of it, which
+    /// lame-duck shutdown cancels one by one.
     pub shutdown: CancellationToken,
-    /// Who may connect and what they may do.
-    pub auth: Arc<AuthHandle>,
 }
 
 /// Where a connection comes from.
@@ -150,7 +152,7 @@ async fn authenticate(
     connect: &Frame,
     peer: &Peer,
 ) -> Result<Principal, SessionError> {
-    let authenticator = context.auth.current();
+    let authenticator = context.state.auth.current();
     let owned = |name| connect.get(name).map(str::to_owned);
     let login = owned(names::LOGIN);
     let passcode = owned(names::PASSCODE);
@@ -202,8 +204,22 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let settings = context.settings.clone();
-    let mut reader = FrameReader::new(read, StompCodec::new(Version::V1_2, settings.limits));
+    let settings = context.state.settings();
+    let metrics = &context.state.metrics;
+    let traffic = Arc::new(Traffic::default());
+    let mut reader = FrameReader::new(
+        read,
+        StompCodec::new(Version::V1_2, settings.limits),
+        traffic.clone(),
+    );
+    // Refuses a connection that never became a session, and counts why.
+    macro_rules! refuse {
+        ($error:expr, $receipt:expr) => {{
+            let error = $error;
+            metrics.disconnected(error.disconnect_reason());
+            return refuse(&mut write, error, $receipt).await;
+        }};
+    }
 
     // ===== Before CONNECT =====
     let first = tokio::select! {
@@ -211,26 +227,28 @@ where
         first = tokio::time::timeout(settings.connect_timeout, first_frame(&mut reader)) => first,
     };
     let connect = match first {
-        Err(_) => {
-            let error = SessionError::ConnectTimeout(settings.connect_timeout.as_millis() as u64);
-            return refuse(&mut write, error, None).await;
+        Err(_) => refuse!(
+            SessionError::ConnectTimeout(settings.connect_timeout.as_millis() as u64),
+            None
+        ),
+        Ok(Err(ReadError::Frame(error))) => refuse!(SessionError::from(error), None),
+        Ok(Err(_)) | Ok(Ok(None)) => {
+            metrics.disconnected(DisconnectReason::Client);
+            return debug!("closed before CONNECT");
         }
-        Ok(Err(ReadError::Frame(error))) => return refuse(&mut write, error.into(), None).await,
-        Ok(Err(_)) | Ok(Ok(None)) => return debug!("closed before CONNECT"),
         Ok(Ok(Some(frame))) => frame,
     };
     if !matches!(connect.command, Command::Connect | Command::Stomp) {
         let receipt = connect.get(names::RECEIPT);
-        let error = SessionError::ExpectedConnect(connect.command);
-        return refuse(&mut write, error, receipt).await;
+        refuse!(SessionError::ExpectedConnect(connect.command), receipt);
     }
-    let negotiated = match connect::negotiate(&connect, &settings, &context.vhosts) {
+    let negotiated = match connect::negotiate(&connect, &settings, &context.state.vhosts) {
         Ok(negotiated) => negotiated,
-        Err(error) => return refuse(&mut write, error, None).await,
+        Err(error) => refuse!(error, None),
     };
     let principal = match authenticate(&context, &connect, &peer).await {
         Ok(principal) => principal,
-        Err(error) => return refuse(&mut write, error, None).await,
+        Err(error) => refuse!(error, None),
     };
     tracing::Span::current().record("user", principal.name.as_str());
     reader.codec_mut().set_version(negotiated.version);
@@ -240,7 +258,19 @@ where
     let session_id = format!("{}-{}", settings.node_id, outbox.id());
     tracing::Span::current().record("session", session_id.as_str());
     let _ = outbox.send_frame(connect::connected(&negotiated, &session_id, &settings));
-    debug!(version = %negotiated.version, vhost = negotiated.router.vhost(), "connected");
+    let goodbye = context.shutdown.child_token();
+    let registered = context.state.registry.open(Opening {
+        id: session_id.clone(),
+        peer: peer.addr.clone(),
+        transport: peer.transport,
+        user: principal.name.clone(),
+        version: negotiated.version.as_str(),
+        vhost: negotiated.router.vhost().to_owned(),
+        outbox: outbox.clone(),
+        traffic: traffic.clone(),
+        goodbye: goodbye.clone(),
+    });
+    info!(version = %negotiated.version, vhost = negotiated.router.vhost(), "connection opened");
 
     let silence = negotiated
         .receive_every
@@ -255,28 +285,53 @@ where
         transactions: HashMap::new(),
         temp_queues: HashMap::new(),
         principal,
-        auth: context.auth.clone(),
+        auth: context.state.auth.clone(),
+        connection: registered.connection.clone(),
     };
-    let writer = Writer::new(write, rx, outbox, negotiated.version, negotiated.send_every);
+    let writer = Writer::new(
+        write,
+        rx,
+        outbox,
+        negotiated.version,
+        negotiated.send_every,
+        traffic.clone(),
+    );
     let done = CancellationToken::new();
     let (reader_end, writer_end) = tokio::join!(
-        session.read_loop(&mut reader, silence, &context.shutdown, &done),
+        session.read_loop(&mut reader, silence, &goodbye, &done),
         writer.run(&done),
     );
     // Dropping the session drops its subscriptions and open transactions.
     let outbox = session.outbox.clone();
     drop(session);
-    match (&reader_end, &writer_end) {
-        (ReaderEnd::Failed(error), _) => info!(reason = error.kind(), "closed: {error}"),
+    let (reason, detail) = match (&reader_end, &writer_end) {
+        (ReaderEnd::Failed(error), _) => (error.disconnect_reason(), error.to_string()),
         (_, WriterEnd::Killed) => {
-            let reason = outbox.close_reason().unwrap_or(CloseReason::Admin);
-            let error = SessionError::Closed(reason);
-            info!(reason = error.kind(), "closed: {error}");
+            let error = SessionError::Closed(outbox.close_reason().unwrap_or(CloseReason::Admin));
+            (error.disconnect_reason(), error.to_string())
         }
-        (_, WriterEnd::Io(error)) => debug!("closed: write failed: {error}"),
-        (ReaderEnd::Io(error), _) => debug!("closed: read failed: {error}"),
-        _ => debug!(end = ?reader_end, "closed"),
-    }
+        (_, WriterEnd::Io(error)) => (DisconnectReason::IoError, format!("write failed: {error}")),
+        (ReaderEnd::Io(error), _) => (DisconnectReason::IoError, format!("read failed: {error}")),
+        (ReaderEnd::Disconnect, _) => (DisconnectReason::Client, "DISCONNECT".to_owned()),
+        _ => (
+            DisconnectReason::Client,
+            "the client closed the connection".to_owned(),
+        ),
+    };
+    metrics.disconnected(reason);
+    let count =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    info!(
+        reason = reason.as_str(),
+        seconds = registered.connection.age().as_secs_f64(),
+        frames_in = count(&traffic.frames_in),
+        bytes_in = count(&traffic.bytes_in),
+        messages_in = count(&traffic.messages_in),
+        messages_out = count(&traffic.messages_out),
+        bytes_out = count(&traffic.bytes_out),
+        "connection closed: {detail}"
+    );
+    drop(registered);
 }
 
 /// The first frame, skipping heart-beats.
@@ -298,7 +353,10 @@ pub(crate) async fn refuse<W: AsyncWrite + Unpin>(
     error: SessionError,
     receipt: Option<&str>,
 ) {
-    info!(reason = error.kind(), "refused: {error}");
+    info!(
+        reason = error.disconnect_reason().as_str(),
+        "refused: {error}"
+    );
     let mut buf = bytes::BytesMut::new();
     encode::encode_frame(&error.to_frame(receipt), Version::V1_2, &mut buf);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -369,6 +427,8 @@ struct Session {
     /// Who is connected, and what they may do.
     principal: Principal,
     auth: Arc<AuthHandle>,
+    /// This session's entry in the registry.
+    connection: Arc<Connection>,
 }
 
 impl Session {
@@ -555,6 +615,10 @@ impl Session {
             let routable = self.reply_queue(&name)?;
             frame.headers.set(REPLY_TO, routable);
         }
+        self.connection
+            .traffic
+            .messages_in
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(transaction) = frame.headers.get_shared(names::TRANSACTION).cloned() {
             self.stage(&transaction, Staged::Send(destination, frame))?;
             return Ok(Flow::Continue);
@@ -563,6 +627,33 @@ impl Session {
             .publish(destination, &frame.headers, frame.body)
             .await?;
         Ok(Flow::Continue)
+    }
+
+    /// Shows a new subscription in the registry (admin API, metrics).
+    fn remember(&self, id: &str, destination: &str, ack: AckMode) {
+        let ack = match ack {
+            AckMode::Auto => "auto",
+            AckMode::Client => "client",
+            AckMode::ClientIndividual => "client-individual",
+        };
+        self.connection
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(SubscriptionInfo {
+                id: id.to_owned(),
+                destination: destination.to_owned(),
+                ack,
+            });
+    }
+
+    /// Removes a subscription from the registry.
+    fn forget(&self, id: &str) {
+        self.connection
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| s.id != id);
     }
 
     /// The temporary queue `name`, created on first use.
@@ -592,6 +683,7 @@ impl Session {
             let subscription = self
                 .router
                 .subscribe_temp(&self.temp_queues[name], subscriber);
+            self.remember(&id, &id, AckMode::Auto);
             self.by_key.insert(subscription.key(), id.clone());
             self.subscriptions.insert(id, subscription);
         }
@@ -649,6 +741,7 @@ impl Session {
             }
             _ => self.router.subscribe(&destination, subscriber)?,
         };
+        self.remember(&id, destination.as_str(), ack);
         self.by_key.insert(subscription.key(), id.clone());
         self.subscriptions.insert(id, subscription);
         Ok(Flow::Continue)
@@ -665,6 +758,7 @@ impl Session {
             .remove(id)
             .ok_or_else(|| SessionError::UnknownSubscription(error::shorten(id)))?;
         self.by_key.remove(&subscription.key());
+        self.forget(id);
         Ok(Flow::Continue)
     }
 

@@ -1,12 +1,16 @@
 //! Reading frames from a transport's byte stream.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use postbox_stomp::{FrameError, Item, StompCodec};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::codec::Decoder;
+
+use crate::registry::Traffic;
 
 /// Read buffer growth step; also its size for a connection that is sending.
 const READ_CHUNK: usize = 8 * 1024;
@@ -28,15 +32,17 @@ pub struct FrameReader<R> {
     io: R,
     buf: BytesMut,
     codec: StompCodec,
+    traffic: Arc<Traffic>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// A reader over `io` using `codec`.
-    pub fn new(io: R, codec: StompCodec) -> FrameReader<R> {
+    /// A reader over `io` using `codec`, counting what it reads in `traffic`.
+    pub fn new(io: R, codec: StompCodec, traffic: Arc<Traffic>) -> FrameReader<R> {
         FrameReader {
             io,
             buf: BytesMut::new(),
             codec,
+            traffic,
         }
     }
 
@@ -51,6 +57,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn next(&mut self, silence: Option<Duration>) -> Result<Option<Item>, ReadError> {
         loop {
             if let Some(item) = self.codec.decode(&mut self.buf).map_err(ReadError::Frame)? {
+                if let Item::Frame(_) = item {
+                    self.traffic.frames_in.fetch_add(1, Ordering::Relaxed);
+                }
                 return Ok(Some(item));
             }
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
@@ -67,6 +76,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if n == 0 {
                 return Ok(None);
             }
+            self.traffic.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 }

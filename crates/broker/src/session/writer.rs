@@ -2,6 +2,8 @@
 //! batches, writes them, and sends heart-beats when the connection is otherwise idle.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -13,6 +15,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::SessionError;
+use crate::registry::Traffic;
 
 /// Most notifications encoded into one write.
 const BATCH: usize = 256;
@@ -45,6 +48,7 @@ pub struct Writer<W> {
     buf: BytesMut,
     /// Auto-acknowledged queue deliveries in the buffer, settled once written.
     settles: Vec<Settle>,
+    traffic: Arc<Traffic>,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
@@ -56,6 +60,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         outbox: Outbox,
         version: Version,
         heart_beat: Option<Duration>,
+        traffic: Arc<Traffic>,
     ) -> Writer<W> {
         Writer {
             io,
@@ -65,6 +70,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             heart_beat,
             buf: BytesMut::new(),
             settles: Vec::new(),
+            traffic,
         }
     }
 
@@ -96,10 +102,12 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             }
             let mut cost = 0;
             let mut close = false;
+            let mut messages = 0;
             for notification in batch.drain(..) {
                 cost += notification.cost();
                 match notification {
                     Notification::Deliver(mut delivery) => {
+                        messages += 1;
                         self.put_delivery(&delivery);
                         if let Some(settle) = delivery.settle.take() {
                             self.settles.push(settle);
@@ -114,6 +122,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     }
                 }
             }
+            let bytes = self.buf.len() as u64;
             let written = if close {
                 self.finish().await
             } else {
@@ -128,6 +137,10 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             if let Err(error) = written {
                 return WriterEnd::Io(error);
             }
+            self.traffic.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+            self.traffic
+                .messages_out
+                .fetch_add(messages, Ordering::Relaxed);
             Settle::written_all(&mut self.settles);
             if close {
                 return WriterEnd::Closed;

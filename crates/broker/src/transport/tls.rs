@@ -117,6 +117,14 @@ impl CertStore {
         }
     }
 
+    /// When the certificate in use expires (Unix time), for monitoring.
+    pub fn expiry(&self) -> Option<i64> {
+        let key = self.current();
+        let der = key.end_entity_cert().ok()?;
+        let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+        Some(certificate.validity().not_after.timestamp())
+    }
+
     /// The certificate chain now in use.
     pub fn current(&self) -> Arc<CertifiedKey> {
         self.current

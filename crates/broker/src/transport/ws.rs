@@ -1,6 +1,6 @@
-//! The WebSocket transport: the HTTP side of the listener (upgrade, `/healthz`, Origin
-//! checks, STOMP subprotocol choice) and [`WsIo`], which shows the session the message
-//! stream as plain bytes.
+//! The WebSocket transport: the upgrade (Origin checks, STOMP subprotocol choice; other
+//! HTTP requests go to [`crate::http`]) and [`WsIo`], which shows the session the
+//! message stream as plain bytes.
 //!
 //! STOMP over WebSocket needs no framing of its own: several STOMP frames may share a
 //! message and one frame may span messages, so incoming payloads are simply concatenated
@@ -9,21 +9,20 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
-/// Largest HTTP request head accepted before the upgrade.
-const MAX_REQUEST_HEAD: usize = 16 * 1024;
+use crate::http;
+use crate::state::BrokerState;
+
 /// STOMP subprotocols, most preferred first.
 const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 
@@ -60,135 +59,34 @@ pub struct WsRequest<S> {
     pub protocol: Option<&'static str>,
 }
 
-/// Reads one HTTP request and answers it: `/healthz` gets 200 (503 while the broker
-/// stops), the STOMP path upgrades to WebSocket, everything else is refused.
+/// Reads one HTTP request and answers it: the STOMP path upgrades to WebSocket; other
+/// requests (`/healthz`, `/readyz`, `/metrics`, the admin API) are served as plain HTTP.
 pub async fn accept<S>(
     mut stream: S,
     settings: &WsSettings,
-    ready: &AtomicBool,
+    state: &BrokerState,
 ) -> io::Result<Accepted<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (head_len, buf) = tokio::time::timeout(settings.request_timeout, read_head(&mut stream))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no HTTP request in time"))??;
-    let Some(head_len) = head_len else {
-        respond(
-            &mut stream,
-            431,
-            "Request Header Fields Too Large",
-            &[],
-            "request head too large\n",
-        )
-        .await?;
-        return Ok(Accepted::Answered);
-    };
-    let mut headers = [httparse::EMPTY_HEADER; 48];
-    let mut request = httparse::Request::new(&mut headers);
-    if !matches!(
-        request.parse(&buf[..head_len]),
-        Ok(httparse::Status::Complete(_))
-    ) {
-        respond(
-            &mut stream,
-            400,
-            "Bad Request",
-            &[],
-            "malformed HTTP request\n",
-        )
-        .await?;
-        return Ok(Accepted::Answered);
-    }
-    let target = request.path.unwrap_or("/");
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query.to_owned())),
-        None => (target, None),
-    };
-    let header = |name: &str| {
-        request
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-    };
-    let has_token = |name: &str, token: &str| {
-        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    };
-
-    if request.method != Some("GET") {
-        respond(
-            &mut stream,
-            405,
-            "Method Not Allowed",
-            &[("Allow", "GET")],
-            "only GET\n",
-        )
-        .await?;
-        return Ok(Accepted::Answered);
-    }
-    if path == "/healthz" {
-        if ready.load(Ordering::Acquire) {
-            respond(&mut stream, 200, "OK", &[], "ok\n").await?;
-        } else {
-            respond(
-                &mut stream,
-                503,
-                "Service Unavailable",
-                &[],
-                "shutting down\n",
-            )
-            .await?;
+    let (request, rest) = match http::read_request(&mut stream, settings.request_timeout).await? {
+        http::Read::Request(request, rest) => (request, rest),
+        http::Read::Refused(response) => {
+            http::respond(&mut stream, response).await?;
+            return Ok(Accepted::Answered);
         }
-        return Ok(Accepted::Answered);
-    }
-    if path != settings.path {
-        respond(&mut stream, 404, "Not Found", &[], "not found\n").await?;
-        return Ok(Accepted::Answered);
-    }
-    if let Some(origin) = header("Origin")
-        && !origin_allowed(origin, &settings.allowed_origins)
-    {
-        tracing::info!(origin, "WebSocket upgrade refused: origin not allowed");
-        respond(&mut stream, 403, "Forbidden", &[], "origin not allowed\n").await?;
-        return Ok(Accepted::Answered);
-    }
-    if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
-        let body = "this path speaks STOMP over WebSocket only\n";
-        respond(
-            &mut stream,
-            426,
-            "Upgrade Required",
-            &[("Upgrade", "websocket")],
-            body,
-        )
-        .await?;
-        return Ok(Accepted::Answered);
-    }
-    if header("Sec-WebSocket-Version") != Some("13") {
-        let extra = [("Sec-WebSocket-Version", "13")];
-        respond(
-            &mut stream,
-            426,
-            "Upgrade Required",
-            &extra,
-            "WebSocket version 13 only\n",
-        )
-        .await?;
-        return Ok(Accepted::Answered);
-    }
-    let Some(key) = header("Sec-WebSocket-Key") else {
-        respond(
-            &mut stream,
-            400,
-            "Bad Request",
-            &[],
-            "missing Sec-WebSocket-Key\n",
-        )
-        .await?;
-        return Ok(Accepted::Answered);
     };
-    let offered: Vec<&str> = header("Sec-WebSocket-Protocol")
+    if request.path != settings.path {
+        http::respond(&mut stream, http::handle(state, &request)).await?;
+        return Ok(Accepted::Answered);
+    }
+    if let Some(refusal) = refuse_upgrade(&request, settings) {
+        http::respond(&mut stream, refusal).await?;
+        return Ok(Accepted::Answered);
+    }
+    let key = request.header("Sec-WebSocket-Key").unwrap_or_default();
+    let offered: Vec<&str> = request
+        .header("Sec-WebSocket-Protocol")
         .map(|v| v.split(',').map(str::trim).collect())
         .unwrap_or_default();
     let protocol = SUBPROTOCOLS
@@ -207,17 +105,42 @@ where
     stream.write_all(response.as_bytes()).await?;
     stream.flush().await?;
 
-    let leftover = buf[head_len..].to_vec();
     let config = WebSocketConfig::default()
         .max_message_size(Some(settings.max_message))
         .max_frame_size(Some(settings.max_message));
     let ws =
-        WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
+        WebSocketStream::from_partially_read(stream, rest.to_vec(), Role::Server, Some(config))
+            .await;
     Ok(Accepted::WebSocket(Box::new(WsRequest {
         io: WsIo::new(ws, settings.max_message),
-        query,
+        query: request.query,
         protocol,
     })))
+}
+
+/// Why an upgrade request to the STOMP path is refused, if it is.
+fn refuse_upgrade(request: &http::Request, settings: &WsSettings) -> Option<http::Response> {
+    if request.method != "GET" {
+        return Some(http::Response::text(405, "only GET\n").with_header("Allow", "GET"));
+    }
+    if let Some(origin) = request.header("Origin")
+        && !origin_allowed(origin, &settings.allowed_origins)
+    {
+        tracing::info!(origin, "WebSocket upgrade refused: origin not allowed");
+        return Some(http::Response::text(403, "origin not allowed\n"));
+    }
+    if !request.has_token("Upgrade", "websocket") || !request.has_token("Connection", "upgrade") {
+        let response = http::Response::text(426, "this path speaks STOMP over WebSocket only\n");
+        return Some(response.with_header("Upgrade", "websocket"));
+    }
+    if request.header("Sec-WebSocket-Version") != Some("13") {
+        let response = http::Response::text(426, "WebSocket version 13 only\n");
+        return Some(response.with_header("Sec-WebSocket-Version", "13"));
+    }
+    if request.header("Sec-WebSocket-Key").is_none() {
+        return Some(http::Response::text(400, "missing Sec-WebSocket-Key\n"));
+    }
+    None
 }
 
 fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
@@ -225,51 +148,6 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
         || allowed
             .iter()
             .any(|a| a == "*" || a.eq_ignore_ascii_case(origin.trim_end_matches('/')))
-}
-
-/// Reads until the blank line ending the head; `None` if it is too large.
-async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(Option<usize>, BytesMut)> {
-    let mut buf = BytesMut::with_capacity(1024);
-    let mut searched = 0;
-    loop {
-        if let Some(at) = find_blank_line(&buf, searched) {
-            return Ok((Some(at), buf));
-        }
-        if buf.len() > MAX_REQUEST_HEAD {
-            return Ok((None, buf));
-        }
-        searched = buf.len().saturating_sub(3);
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-}
-
-fn find_blank_line(buf: &[u8], from: usize) -> Option<usize> {
-    buf[from..]
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| from + i + 4)
-}
-
-async fn respond<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    status: u16,
-    reason: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> io::Result<()> {
-    let mut response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        response.push_str(&format!("{name}: {value}\r\n"));
-    }
-    response.push_str("\r\n");
-    response.push_str(body);
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
 }
 
 // ===== WsIo =====
@@ -382,6 +260,3 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
         Pin::new(&mut this.ws).poll_close(cx).map_err(into_io)
     }
 }
-
-/// Set while the broker accepts connections; `/healthz` reports it.
-pub type Readiness = Arc<AtomicBool>;

@@ -1,0 +1,90 @@
+//! What the whole broker shares: the virtual hosts, the open sessions, counters, the
+//! cluster relay, TLS and authentication, and the settings new sessions start with.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+
+use postbox_cluster::ClusterRelay;
+
+use crate::auth::AuthHandle;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::session::Settings;
+use crate::transport::tls::CertStore;
+use crate::vhost::Vhosts;
+
+/// The broker's shared state.
+#[derive(Debug)]
+pub struct BrokerState {
+    settings: RwLock<Arc<Settings>>,
+    /// The routers of all virtual hosts.
+    pub vhosts: Arc<Vhosts>,
+    /// Open sessions.
+    pub registry: Arc<Registry>,
+    /// Counters and the Prometheus rendering.
+    pub metrics: Metrics,
+    /// Authentication, reloadable.
+    pub auth: Arc<AuthHandle>,
+    /// The TLS certificate, when a TLS listener is configured.
+    pub certs: Option<Arc<CertStore>>,
+    /// The cluster relay, when clustered.
+    pub cluster: Option<ClusterRelay>,
+    /// Set while the broker accepts connections.
+    pub ready: Arc<AtomicBool>,
+    /// The admin API's static token, if configured.
+    pub admin_token: Option<String>,
+    /// The token role that grants the admin API.
+    pub admin_role: String,
+}
+
+/// The parts [`BrokerState::new`] needs.
+#[derive(Debug)]
+pub struct StateParts {
+    /// Settings for new sessions.
+    pub settings: Settings,
+    /// Virtual hosts.
+    pub vhosts: Vhosts,
+    /// Authentication.
+    pub auth: Arc<AuthHandle>,
+    /// TLS.
+    pub certs: Option<Arc<CertStore>>,
+    /// Cluster relay.
+    pub cluster: Option<ClusterRelay>,
+    /// Per-queue metric series at most.
+    pub metrics_queue_top: usize,
+    /// Admin token.
+    pub admin_token: Option<String>,
+    /// Admin role.
+    pub admin_role: String,
+}
+
+impl BrokerState {
+    /// Assembles the state.
+    pub fn new(parts: StateParts) -> Arc<BrokerState> {
+        Arc::new(BrokerState {
+            settings: RwLock::new(Arc::new(parts.settings)),
+            vhosts: Arc::new(parts.vhosts),
+            registry: Arc::default(),
+            metrics: Metrics::new(parts.metrics_queue_top),
+            auth: parts.auth,
+            certs: parts.certs,
+            cluster: parts.cluster,
+            ready: Arc::new(AtomicBool::new(true)),
+            admin_token: parts.admin_token,
+            admin_role: parts.admin_role,
+        })
+    }
+
+    /// The settings a session starting now gets.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the settings for sessions that start from now on.
+    pub fn set_settings(&self, settings: Settings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+    }
+}

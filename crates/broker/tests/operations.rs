@@ -1,0 +1,329 @@
+//! What operators use: metrics, health and readiness, the admin API, reloading on
+//! SIGHUP, and logs that say what happened without leaking secrets.
+
+mod common;
+
+use std::process::{Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use postbox_testkit::certs::temp_dir;
+use postbox_testkit::http::{get, request};
+use postbox_testkit::{Broker, Client, Command, Frame, RedisServer};
+
+const TOKEN: &str = "admin-token-for-tests";
+
+fn start(extra: &[&str]) -> Broker {
+    let mut args = vec!["--http-listen", "127.0.0.1:0", "--admin-token", TOKEN];
+    args.extend_from_slice(extra);
+    common::start(&args)
+}
+
+/// The value of a metric line that starts with `series` (name and labels).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_connections_traffic_queues_and_disconnect_reasons() {
+    let broker = start(&["--ws-listen", "127.0.0.1:0"]);
+    let http = broker.listener("http");
+    let mut client = Client::connect(broker.addr, &[]).await;
+    client.subscribe("0", "/topic/metrics", &[]).await;
+    client.publish("/topic/metrics", "hello").await;
+    client.expect(Command::Message).await;
+    let mut producer = Client::connect(broker.addr, &[]).await;
+    for i in 0..3 {
+        producer.publish("/queue/metrics", &i.to_string()).await;
+    }
+    let mut bad = Client::connect(broker.addr, &[]).await;
+    bad.send_raw(b"NOPE\n\n\0").await;
+    bad.expect_error().await;
+    producer
+        .send(&Frame::new(Command::Disconnect).header("receipt", "r"))
+        .await;
+    producer.expect_receipt("r").await;
+
+    bad.expect_closed().await;
+    // Sessions finish their bookkeeping just after their sockets close.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let (status, text) = get(http, "/metrics").await;
+        assert_eq!(status, 200);
+        let settled = metric(&text, r#"postbox_disconnects_total{reason="client"}"#) == Some(1.0)
+            && metric(&text, r#"postbox_connections{transport="stomp",vhost="/"}"#) == Some(1.0);
+        if settled || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
+    assert_eq!(
+        metric(&text, r#"postbox_connections{transport="stomp",vhost="/"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, r#"postbox_connects_total{transport="stomp"}"#),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"postbox_disconnects_total{reason="protocol_error"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, r#"postbox_disconnects_total{reason="client"}"#),
+        Some(1.0)
+    );
+    assert_eq!(metric(&text, "postbox_messages_received_total"), Some(4.0));
+    assert_eq!(metric(&text, "postbox_messages_delivered_total"), Some(1.0));
+    assert_eq!(metric(&text, "postbox_subscriptions"), Some(1.0));
+    assert_eq!(
+        metric(
+            &text,
+            r#"postbox_queue_depth{vhost="/",queue="/queue/metrics"}"#
+        ),
+        Some(3.0)
+    );
+    assert!(metric(&text, "postbox_received_bytes_total").unwrap() > 0.0);
+    // The WebSocket listener serves the same.
+    let (status, text) = get(broker.listener("ws"), "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("postbox_connections"));
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let broker = start(&[]);
+    let http = broker.listener("http");
+    assert_eq!(get(http, "/healthz").await, (200, "ok\n".to_owned()));
+    assert_eq!(get(http, "/readyz").await, (200, "ready\n".to_owned()));
+    assert_eq!(get(http, "/nope").await.0, 404);
+    assert_eq!(request(http, "POST", "/healthz", &[]).await.0, 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clustered_node_is_not_ready_while_redis_is_unreachable() {
+    let mut redis = RedisServer::start();
+    let broker = start(&["--cluster", &redis.url(), "--node-id", "ready1"]);
+    let http = broker.listener("http");
+    assert_eq!(get(http, "/readyz").await.0, 200);
+    redis.stop();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(http, "/readyz").await.0 != 503 {
+        assert!(Instant::now() < deadline, "still ready without Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        get(http, "/readyz").await.1,
+        "not ready: Redis is unreachable\n"
+    );
+    assert_eq!(get(http, "/healthz").await.0, 200, "alive all the same");
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(http, "/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_admin_api_lists_and_closes_connections() {
+    let broker = start(&[]);
+    let http = broker.listener("http");
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [("Authorization", bearer.as_str())];
+
+    assert_eq!(get(http, "/admin/connections").await.0, 401);
+    let wrong = [("Authorization", "Bearer nope")];
+    assert_eq!(
+        request(http, "GET", "/admin/connections", &wrong).await.0,
+        401
+    );
+
+    let mut client = Client::connect(broker.addr, &[]).await;
+    client
+        .subscribe(
+            "watch",
+            "/queue/admin.jobs",
+            &[("ack", "client-individual")],
+        )
+        .await;
+    let mut producer = Client::connect(broker.addr, &[]).await;
+    producer.publish("/queue/admin.jobs", "one").await;
+    producer.publish("/queue/admin.jobs", "two").await;
+    client.expect(Command::Message).await;
+
+    let (status, body) = request(http, "GET", "/admin/connections", &auth).await;
+    assert_eq!(status, 200, "{body}");
+    let listing: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let connections = listing["connections"].as_array().unwrap();
+    assert_eq!(connections.len(), 2);
+    let watcher = connections
+        .iter()
+        .find(|c| !c["subscriptions"].as_array().unwrap().is_empty())
+        .expect("the subscriber is listed");
+    assert_eq!(watcher["transport"], "stomp");
+    assert_eq!(watcher["version"], "1.2");
+    assert_eq!(watcher["user"], "anonymous");
+    assert_eq!(
+        watcher["subscriptions"][0]["destination"],
+        "/queue/admin.jobs"
+    );
+    assert_eq!(watcher["subscriptions"][0]["ack"], "client-individual");
+    assert!(watcher["traffic"]["bytes_in"].as_u64().unwrap() > 0);
+
+    let (_, body) = request(http, "GET", "/admin/queues", &auth).await;
+    let queues: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let queue = &queues["queues"][0];
+    assert_eq!(queue["queue"], "/queue/admin.jobs");
+    assert_eq!(queue["unacked"], 2);
+    assert_eq!(queue["consumers"], 1);
+
+    let (_, body) = request(http, "GET", "/admin/destinations", &auth).await;
+    assert!(body.contains("/queue/admin.jobs"), "{body}");
+
+    let id = watcher["id"].as_str().unwrap();
+    let (status, _) = request(
+        http,
+        "POST",
+        &format!("/admin/connections/{id}/close"),
+        &auth,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let error = loop {
+        let frame = client
+            .next_frame(Duration::from_secs(5))
+            .await
+            .expect("an ERROR");
+        if frame.command == Command::Error {
+            break frame;
+        }
+    };
+    assert_eq!(
+        error.get("message"),
+        Some("connection closed by an operator")
+    );
+    client.expect_closed().await;
+    let (status, _) = request(http, "POST", "/admin/connections/nope/close", &auth).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn sighup_applies_new_limits_to_new_connections() {
+    let dir = temp_dir("postbox-reload");
+    let file = dir.join("postbox.toml");
+    std::fs::write(&file, "max-subscriptions = 1\n").unwrap();
+    let broker = common::start(&["--config", file.to_str().unwrap()]);
+    let mut before = Client::connect(broker.addr, &[]).await;
+    before.subscribe("1", "/topic/a", &[]).await;
+    std::fs::write(&file, "max-subscriptions = 3\n").unwrap();
+    broker.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut client = Client::connect(broker.addr, &[]).await;
+        client.subscribe("1", "/topic/a", &[]).await;
+        client
+            .send(
+                &Frame::new(Command::Subscribe)
+                    .header("id", "2")
+                    .header("destination", "/topic/b")
+                    .header("receipt", "second"),
+            )
+            .await;
+        let reply = client
+            .next_frame(Duration::from_secs(2))
+            .await
+            .expect("a reply");
+        if reply.command == Command::Receipt {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new limit never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn connections_are_logged_when_they_open_and_close_without_secrets() {
+    let dir = temp_dir("postbox-logs");
+    let hash = {
+        let mut child = Process::new(common::binary())
+            .arg("hash-password")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "correct-horse").unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let users = dir.join("users.toml");
+    std::fs::write(
+        &users,
+        format!(
+            "[[user]]\nname = \"alice\"\npassword = \"{}\"\n",
+            hash.trim()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("postbox.log");
+    let mut child = Process::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "RUST_LOG=debug exec {} --listen 127.0.0.1:0 --users-file {} 2>{}",
+            common::binary().display(),
+            users.display(),
+            log.display()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines.next().unwrap().unwrap();
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    let mut ok = Client::open(addr).await;
+    ok.send(
+        &Frame::new(Command::Connect)
+            .header("accept-version", "1.2")
+            .header("login", "alice")
+            .header("passcode", "correct-horse"),
+    )
+    .await;
+    ok.expect(Command::Connected).await;
+    ok.disconnect().await;
+    let mut bad = Client::open(addr).await;
+    bad.send(
+        &Frame::new(Command::Connect)
+            .header("accept-version", "1.2")
+            .header("login", "alice")
+            .header("passcode", "battery-staple-secret"),
+    )
+    .await;
+    bad.expect_error().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = Process::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("connection opened"), "{text}");
+    assert!(text.contains("connection closed"), "{text}");
+    assert!(
+        text.contains("reason=\"client\"") || text.contains("reason=client"),
+        "{text}"
+    );
+    assert!(text.contains("authentication failed"), "{text}");
+    for secret in ["correct-horse", "battery-staple-secret"] {
+        assert!(!text.contains(secret), "a secret reached the log:\n{text}");
+    }
+}
