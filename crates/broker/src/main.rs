@@ -28,6 +28,7 @@ fn main() -> ExitCode {
             println!("{}: ok", path.display());
             return ExitCode::SUCCESS;
         }
+        Action::Healthcheck(url) => return healthcheck(&url),
         Action::ConfigReference => {
             print!("{}", config::reference());
             return ExitCode::SUCCESS;
@@ -110,6 +111,49 @@ async fn run(config: Config, args: Vec<std::ffi::OsString>) -> ExitCode {
         info!("all connections closed");
     }
     ExitCode::SUCCESS
+}
+
+/// GETs `url` (plain `http://host:port/path`) and succeeds on status 200.
+fn healthcheck(url: &str) -> ExitCode {
+    use std::io::Read;
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+    let Some(rest) = url.strip_prefix("http://") else {
+        eprintln!("postbox: healthcheck needs an http:// URL");
+        return ExitCode::from(2);
+    };
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let Some(addr) = authority.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+        eprintln!("postbox: cannot resolve {authority}");
+        return ExitCode::FAILURE;
+    };
+    let attempt = || -> std::io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    };
+    match attempt() {
+        Ok(response) if response.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(response) => {
+            eprintln!(
+                "postbox: {}",
+                response.lines().next().unwrap_or("no response")
+            );
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("postbox: {url}: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The signals postbox acts on.

@@ -151,7 +151,7 @@ async fn browsers_may_pass_the_token_in_the_websocket_url() {
             .as_secs()
             + 600
     );
-    let token = hs256(secret, &claims);
+    let token = common::hs256(secret, &claims);
     let path = format!("/ws?access_token={token}");
     let (mut client, _) = Client::open_ws(broker.listener("ws"), &path, &["v12.stomp"], None).await;
     client.stomp_connect(&[]).await;
@@ -244,42 +244,4 @@ fn a_plain_text_password_in_the_users_file_stops_the_start() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("plain text is refused"), "{stderr}");
-}
-
-/// HS256 by hand (base64url + HMAC-SHA256 from openssl), to keep this crate free of
-/// a JWT library: the spec-tests sign with jsonwebtoken.
-fn hs256(secret: &str, claims: &str) -> String {
-    let b64 = |bytes: &[u8]| {
-        let mut child = Process::new("openssl")
-            .args(["base64", "-A"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(bytes).unwrap();
-        let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
-        out.trim()
-            .trim_end_matches('=')
-            .replace('+', "-")
-            .replace('/', "_")
-    };
-    let signing_input = format!(
-        "{}.{}",
-        b64(br#"{"alg":"HS256","typ":"JWT"}"#),
-        b64(claims.as_bytes())
-    );
-    let mut child = Process::new("openssl")
-        .args(["dgst", "-sha256", "-binary", "-hmac", secret])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(signing_input.as_bytes())
-        .unwrap();
-    let signature = child.wait_with_output().unwrap().stdout;
-    format!("{signing_input}.{}", b64(&signature))
 }

@@ -327,3 +327,38 @@ async fn connections_are_logged_when_they_open_and_close_without_secrets() {
         assert!(!text.contains(secret), "a secret reached the log:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_jwt_with_the_admin_role_opens_the_admin_api() {
+    let secret = "a-secret-for-the-admin-api-test-0123456789";
+    let broker = common::start(&["--http-listen", "127.0.0.1:0", "--jwt-secret", secret]);
+    let http = broker.listener("http");
+    let exp = postbox_broker::auth::now() + 600;
+    let admin = common::hs256(
+        secret,
+        &format!(r#"{{"sub":"root","roles":["admin"],"exp":{exp}}}"#),
+    );
+    let user = common::hs256(
+        secret,
+        &format!(r#"{{"sub":"alice","roles":["chat"],"exp":{exp}}}"#),
+    );
+    let bearer = |token: &str| format!("Bearer {token}");
+    let as_admin = bearer(&admin);
+    let (status, _) = request(
+        http,
+        "GET",
+        "/admin/connections",
+        &[("Authorization", &as_admin)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let as_user = bearer(&user);
+    let (status, body) = request(
+        http,
+        "GET",
+        "/admin/connections",
+        &[("Authorization", &as_user)],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+}

@@ -146,6 +146,8 @@ pub enum Action {
     HashPassword,
     /// Print the configuration reference (docs/configuration.md) in Markdown.
     ConfigReference,
+    /// Check a running broker's health endpoint (for container health checks).
+    Healthcheck(String),
 }
 
 /// The result of reading the command line, the environment and the file.
@@ -557,6 +559,17 @@ pub fn command() -> clap::Command {
                 .about("Print the effective configuration and where each value came from"),
         )
         .subcommand(
+            clap::Command::new("healthcheck")
+                .about(
+                    "Exit 0 if a broker's HTTP endpoint answers 200 (for container health checks)",
+                )
+                .arg(
+                    Arg::new("url")
+                        .default_value("http://127.0.0.1:8080/readyz")
+                        .value_name("URL"),
+                ),
+        )
+        .subcommand(
             clap::Command::new("config-reference")
                 .about("Print the reference of every option in Markdown (docs/configuration.md)"),
         )
@@ -612,6 +625,10 @@ where
         Some(("print-config", _)) => (Action::PrintConfig, config_path(&matches)),
         Some(("hash-password", _)) => (Action::HashPassword, None),
         Some(("config-reference", _)) => (Action::ConfigReference, None),
+        Some(("healthcheck", sub)) => {
+            let url = sub.get_one::<String>("url").cloned().unwrap_or_default();
+            (Action::Healthcheck(url), None)
+        }
         Some(("check-config", sub)) => {
             let file: PathBuf = sub.get_one::<String>("file").expect("required").into();
             (Action::CheckConfig(file.clone()), Some(file))
