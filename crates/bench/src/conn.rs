@@ -58,7 +58,23 @@ pub struct Writer {
 
 /// Opens a connection and completes CONNECT (1.2, no heart-beats).
 pub async fn connect(target: &Target) -> io::Result<(Reader, Writer)> {
-    let stream = TcpStream::connect(target.addr).await?;
+    connect_from(target, None).await
+}
+
+/// Like [`connect`], from a chosen local address (many 127.0.0.x sources keep the
+/// ephemeral ports of one source from running out).
+pub async fn connect_from(
+    target: &Target,
+    source: Option<std::net::IpAddr>,
+) -> io::Result<(Reader, Writer)> {
+    let stream = match source {
+        None => TcpStream::connect(target.addr).await?,
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::new(ip, 0))?;
+            socket.connect(target.addr).await?
+        }
+    };
     stream.set_nodelay(true)?;
     let (read, write) = match &target.ws_path {
         None => {

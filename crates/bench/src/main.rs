@@ -7,6 +7,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod conn;
+mod connections;
 mod fanout;
 mod queue;
 mod report;
@@ -56,6 +57,30 @@ enum Scenario {
     /// Queue: producers send to one queue, consumers compete and acknowledge; checks
     /// that every message arrived exactly once.
     Queue(QueueArgs),
+    /// Many idle subscribed connections: open rate, broker memory per connection, and
+    /// time for one message to reach them all.
+    Connections(ConnectionsArgs),
+}
+
+#[derive(Args, Debug)]
+struct ConnectionsArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    count: usize,
+    /// Loopback source addresses to spread them over (127.0.0.1 ...).
+    #[arg(long, default_value_t = 16)]
+    sources: u8,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 64)]
+    parallel: usize,
+    /// The broker's process id, to read its memory from /proc.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Broadcasts to time.
+    #[arg(long, default_value_t = 5)]
+    broadcasts: usize,
 }
 
 #[derive(Args, Debug)]
@@ -140,6 +165,11 @@ struct QueueArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     clock_us();
+    // Thousands of connections need thousands of descriptors.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    if let Scenario::Connections(args) = &cli.scenario {
+        return run_connections(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -147,6 +177,7 @@ fn main() -> ExitCode {
     let ws = match &cli.scenario {
         Scenario::Fanout(args) => args.common.ws,
         Scenario::Queue(args) => args.common.ws,
+        Scenario::Connections(args) => args.common.ws,
     };
     let (json, result) = runtime.block_on(async {
         match cli.scenario {
@@ -170,6 +201,7 @@ fn main() -> ExitCode {
                     fanout::run(&target, &publish_target, &options).await,
                 )
             }
+            Scenario::Connections(_) => unreachable!("handled above"),
             Scenario::Queue(args) => {
                 let target = target(&args.common);
                 let options = queue::Options {
@@ -195,6 +227,29 @@ fn main() -> ExitCode {
     match result {
         Ok(report) if json => println!("{}", report.json()),
         Ok(report) => print!("{}", report.human()),
+        Err(error) => {
+            eprintln!("postbox-bench: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_connections(args: &ConnectionsArgs) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let options = connections::Options {
+        count: args.count,
+        sources: args.sources.max(1),
+        parallel: args.parallel.max(1),
+        broker_pid: args.broker_pid,
+        broadcasts: args.broadcasts,
+    };
+    match runtime.block_on(connections::run(&target(&args.common), &options)) {
+        Ok(outcome) if args.common.json => println!("{}", outcome.json(&options)),
+        Ok(outcome) => print!("{}", outcome.human(&options)),
         Err(error) => {
             eprintln!("postbox-bench: {error}");
             return ExitCode::FAILURE;

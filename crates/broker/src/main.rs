@@ -49,6 +49,16 @@ fn main() -> ExitCode {
         Action::Run => {}
     }
     init_logging(&loaded.config);
+    // Every connection is a descriptor: use as many as the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if (limit as usize) < loaded.config.max_connections + 64 => tracing::warn!(
+            limit,
+            max_connections = loaded.config.max_connections,
+            "the open file limit is lower than max-connections; raise it (ulimit -n, LimitNOFILE)"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!("cannot raise the open file limit: {error}"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
