@@ -384,7 +384,7 @@ impl Shared {
                         shared.connection(stream, peer, transport).await;
                         drop(permit);
                     }
-                    Err(_) => shared.refuse_over_limit(stream, transport).await,
+                    Err(_) => Box::pin(shared.refuse_over_limit(stream, transport)).await,
                 }
             });
         }
@@ -397,21 +397,30 @@ impl Shared {
             transport: transport.name(),
             query_token: None,
         };
+        // Every idle connection is a parked task of this future's size, which is that of
+        // its largest branch: the TLS and WebSocket states live in boxes of their own so a
+        // plain TCP connection carries only its session.
         match transport {
             Transport::Stomp => {
                 let (read, write) = stream.into_split();
                 session::serve(read, write, self.context.clone(), peer_label).await;
             }
             Transport::StompTls => {
-                if let Some(tls) = self.handshake(stream, peer).await {
-                    self.serve_split(tls, peer_label).await;
-                }
+                Box::pin(async {
+                    if let Some(tls) = self.handshake(stream, peer).await {
+                        self.serve_split(tls, peer_label).await;
+                    }
+                })
+                .await
             }
-            Transport::Ws => self.websocket(stream, peer_label).await,
+            Transport::Ws => Box::pin(self.websocket(stream, peer_label)).await,
             Transport::Wss => {
-                if let Some(tls) = self.handshake(stream, peer).await {
-                    self.websocket(tls, peer_label).await;
-                }
+                Box::pin(async {
+                    if let Some(tls) = self.handshake(stream, peer).await {
+                        self.websocket(tls, peer_label).await;
+                    }
+                })
+                .await
             }
             Transport::Http => {}
         }

@@ -1,15 +1,17 @@
 //! A session's outbound queue, bounded by bytes.
 //!
-//! Publishers push deliveries without waiting; the session's writer drains them in
-//! batches. When a subscriber falls so far behind that its pending bytes pass the bound,
+//! Publishers push deliveries without waiting; the session's writer takes everything
+//! queued at once, in exchange for its own emptied queue, so an idle session holds
+//! almost nothing and a busy one pays one lock per batch. When a subscriber falls so far behind that its pending bytes pass the bound,
 //! the push is refused and the outbox is closed as a slow consumer, so a slow reader
 //! never slows the publisher or the other subscribers (DESIGN.md, "Principles").
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use postbox_stomp::{ByteString, Frame, encode};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::Message;
@@ -91,40 +93,83 @@ struct Shared {
     limit: usize,
     closed: CancellationToken,
     reason: OnceLock<CloseReason>,
+    /// Notifications not yet taken by the writer.
+    queue: Mutex<VecDeque<Notification>>,
+    /// Wakes the writer when the queue stops being empty or the last sender leaves.
+    wake: Notify,
+    /// Live [`Outbox`] handles; at zero the writer sees the end.
+    senders: AtomicUsize,
+    /// Set once the writer is gone: pushes are refused.
+    receiver_gone: AtomicBool,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Notification>> {
+        // A panic while holding this lock leaves a valid queue behind.
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// The sending side of a session's outbound queue; cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Notification>,
     shared: Arc<Shared>,
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Outbox {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        Outbox {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.wake.notify_one();
+        }
+    }
 }
 
 /// The writer's side of an outbox.
 #[derive(Debug)]
 pub struct OutboxReceiver {
-    rx: mpsc::UnboundedReceiver<Notification>,
     shared: Arc<Shared>,
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        self.shared.receiver_gone.store(true, Ordering::Release);
+        let dropped = std::mem::take(&mut *self.shared.queue());
+        let cost: usize = dropped.iter().map(Notification::cost).sum();
+        self.shared.pending.fetch_sub(cost, Ordering::AcqRel);
+    }
 }
 
 static NEXT_OUTBOX_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A new outbox whose pending bytes may not pass `limit`.
 pub fn outbox(limit: usize) -> (Outbox, OutboxReceiver) {
-    let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         id: NEXT_OUTBOX_ID.fetch_add(1, Ordering::Relaxed),
         pending: AtomicUsize::new(0),
         limit,
         closed: CancellationToken::new(),
         reason: OnceLock::new(),
+        queue: Mutex::new(VecDeque::new()),
+        wake: Notify::new(),
+        senders: AtomicUsize::new(1),
+        receiver_gone: AtomicBool::new(false),
     });
     (
         Outbox {
-            tx,
             shared: shared.clone(),
         },
-        OutboxReceiver { rx, shared },
+        OutboxReceiver { shared },
     )
 }
 
@@ -174,14 +219,26 @@ impl Outbox {
 
     /// Asks the writer to close the connection after what is already queued.
     pub fn send_close(&self) {
-        let _ = self.tx.send(Notification::Close);
+        let _ = self.push(Notification::Close, 0);
     }
 
     fn push(&self, notification: Notification, cost: usize) -> Result<(), PushError> {
-        self.tx.send(notification).map_err(|_| {
-            self.shared.pending.fetch_sub(cost, Ordering::AcqRel);
-            PushError::Closed
-        })
+        let was_empty = {
+            let mut queue = self.shared.queue();
+            // Checked under the lock: the receiver's drop empties the queue under it too,
+            // so nothing is pushed after that and left uncounted.
+            if self.shared.receiver_gone.load(Ordering::Acquire) {
+                drop(queue);
+                self.shared.pending.fetch_sub(cost, Ordering::AcqRel);
+                return Err(PushError::Closed);
+            }
+            queue.push_back(notification);
+            queue.len() == 1
+        };
+        if was_empty {
+            self.shared.wake.notify_one();
+        }
+        Ok(())
     }
 
     /// Closes the outbox from outside the session. The first reason given sticks.
@@ -212,15 +269,31 @@ impl Outbox {
 }
 
 impl OutboxReceiver {
-    /// Waits for at least one notification and appends up to `max` to `batch`. Returns
-    /// 0 only when every sender is gone.
-    pub async fn recv_many(&mut self, batch: &mut Vec<Notification>, max: usize) -> usize {
-        self.rx.recv_many(batch, max).await
+    /// Waits until something is queued, then swaps the whole queue with `batch`, which
+    /// must be empty: the writer keeps the notifications, the outbox keeps the emptied
+    /// allocation. Returns false only when nothing is queued and every sender is gone.
+    pub async fn recv_all(&mut self, batch: &mut VecDeque<Notification>) -> bool {
+        debug_assert!(batch.is_empty(), "recv_all swaps into an empty batch");
+        loop {
+            {
+                let mut queue = self.shared.queue();
+                if !queue.is_empty() {
+                    std::mem::swap(&mut *queue, batch);
+                    return true;
+                }
+            }
+            if self.shared.senders.load(Ordering::Acquire) == 0 {
+                return false;
+            }
+            // A push or the last sender's drop between the check and here leaves a
+            // permit, so this wakes at once rather than missing it.
+            self.shared.wake.notified().await;
+        }
     }
 
-    /// Takes whatever is queued without waiting.
+    /// Takes the oldest queued notification without waiting.
     pub fn try_recv(&mut self) -> Option<Notification> {
-        self.rx.try_recv().ok()
+        self.shared.queue().pop_front()
     }
 
     /// Reports that notifications worth `bytes` (their [`Notification::cost`]) were written.
@@ -269,16 +342,17 @@ mod tests {
             Some(CloseReason::SlowConsumer { limit: 1000 })
         );
         assert_eq!(outbox.deliver(delivery(1)), Err(PushError::Closed));
-        let mut batch = Vec::new();
-        assert_eq!(rx.recv_many(&mut batch, 10).await, 2);
+        let mut batch = VecDeque::new();
+        assert!(rx.recv_all(&mut batch).await);
+        assert_eq!(batch.len(), 2);
     }
 
     #[tokio::test]
     async fn released_bytes_make_room_again() {
         let (outbox, mut rx) = outbox(1000);
         outbox.deliver(delivery(600)).unwrap();
-        let mut batch = Vec::new();
-        rx.recv_many(&mut batch, 10).await;
+        let mut batch = VecDeque::new();
+        rx.recv_all(&mut batch).await;
         rx.release(batch.iter().map(Notification::cost).sum());
         assert_eq!(outbox.pending_bytes(), 0);
         outbox.deliver(delivery(600)).unwrap();
@@ -289,5 +363,58 @@ mod tests {
         let (outbox, _rx) = outbox(100);
         assert!(outbox.deliver(delivery(5000)).is_ok());
         assert_eq!(outbox.deliver(delivery(1)), Err(PushError::Overflow));
+    }
+
+    #[tokio::test]
+    async fn the_writer_sees_the_end_when_the_last_sender_leaves() {
+        let (outbox, mut rx) = outbox(1000);
+        let second = outbox.clone();
+        outbox.deliver(delivery(10)).unwrap();
+        drop(outbox);
+        let mut batch = VecDeque::new();
+        assert!(rx.recv_all(&mut batch).await, "queued work comes first");
+        batch.clear();
+        let waiting = tokio::spawn(async move {
+            let mut batch = VecDeque::new();
+            rx.recv_all(&mut batch).await
+        });
+        tokio::task::yield_now().await;
+        drop(second);
+        let more = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the last drop")
+            .unwrap();
+        assert!(!more);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_is_woken_by_a_push_from_another_task() {
+        let (outbox, mut rx) = outbox(1000);
+        let waiting = tokio::spawn(async move {
+            let mut batch = VecDeque::new();
+            rx.recv_all(&mut batch).await;
+            batch.len()
+        });
+        tokio::task::yield_now().await;
+        outbox.deliver(delivery(10)).unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the push")
+            .unwrap();
+        assert_eq!(got, 1);
+    }
+
+    #[test]
+    fn pushes_after_the_writer_left_are_refused_and_uncounted() {
+        let (outbox, rx) = outbox(1000);
+        outbox.deliver(delivery(10)).unwrap();
+        drop(rx);
+        assert_eq!(outbox.pending_bytes(), 0);
+        assert_eq!(outbox.deliver(delivery(10)), Err(PushError::Closed));
+        assert_eq!(
+            outbox.send_frame(Frame::new(postbox_stomp::Command::Receipt)),
+            Err(PushError::Closed)
+        );
+        assert_eq!(outbox.pending_bytes(), 0);
     }
 }

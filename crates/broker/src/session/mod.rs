@@ -186,6 +186,11 @@ async fn authenticate(
     }
 }
 
+/// A copy of `value` in an allocation of its own, not sharing the read buffer.
+fn owned(value: &ByteString) -> ByteString {
+    ByteString::from(&**value)
+}
+
 /// The `Authorization` header, in either spelling HTTP-minded clients use.
 fn authorization(frame: &Frame) -> Option<&str> {
     frame
@@ -252,6 +257,8 @@ where
     };
     tracing::Span::current().record("user", principal.name.as_str());
     reader.codec_mut().set_version(negotiated.version);
+    // Its header values share the read buffer, which must not outlive the handshake.
+    drop(connect);
 
     // ===== Connected =====
     let (outbox, rx) = outbox(settings.outbound_buffer);
@@ -693,9 +700,11 @@ impl Session {
     // ===== SUBSCRIBE / UNSUBSCRIBE =====
 
     fn subscribe(&mut self, frame: &Frame) -> Result<Flow, SessionError> {
-        let raw_destination = required(frame, names::DESTINATION)?;
+        // Header values are slices of the read buffer; a subscription lives long, so it
+        // keeps copies rather than pinning the whole buffer for its lifetime.
+        let raw_destination = &owned(required(frame, names::DESTINATION)?);
         let id = match frame.headers.get_shared(names::ID) {
-            Some(id) => id.clone(),
+            Some(id) => owned(id),
             // STOMP 1.0 subscriptions may go without id; the destination names them.
             None if self.version == Version::V1_0 => raw_destination.clone(),
             None => return Err(missing(frame, names::ID)),

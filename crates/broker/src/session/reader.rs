@@ -5,10 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use std::future::poll_fn;
+use std::pin::Pin;
+
 use bytes::BytesMut;
 use postbox_stomp::{FrameError, Item, StompCodec};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio_util::codec::Decoder;
+use tokio_util::io::poll_read_buf;
 
 use crate::registry::Traffic;
 
@@ -62,10 +66,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
                 return Ok(Some(item));
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-                self.buf.reserve(READ_CHUNK);
-            }
-            let read = self.io.read_buf(&mut self.buf);
+            let read = read_some(&mut self.io, &mut self.buf);
             let n = match silence {
                 Some(limit) => tokio::time::timeout(limit, read)
                     .await
@@ -79,4 +80,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.traffic.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
+}
+
+/// Reads what the transport has into `buf`, growing it by [`READ_CHUNK`] when it is
+/// nearly full. While nothing can be read and `buf` holds no partial frame, the buffer
+/// is released: it is allocated again when bytes arrive.
+async fn read_some<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
+    poll_fn(|cx| {
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let polled = poll_read_buf(Pin::new(&mut *io), cx, buf);
+        if polled.is_pending() && buf.is_empty() && buf.capacity() > 0 {
+            *buf = BytesMut::new();
+        }
+        polled
+    })
+    .await
 }

@@ -1,6 +1,7 @@
 //! Where a message leaves the socket: drains a session's outbox, encodes frames in
 //! batches, writes them, and sends heart-beats when the connection is otherwise idle.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 use super::SessionError;
 use crate::registry::Traffic;
 
-/// Most notifications encoded into one write.
-const BATCH: usize = 256;
-/// A write buffer that grew past this is released after use, to keep idle sessions small.
-const KEEP_BUFFER: usize = 64 * 1024;
+/// Most bytes encoded before they are written; the rest of a batch waits for the next write.
+const MAX_WRITE: usize = 256 * 1024;
+/// A batch queue that grew past this many slots is released after use: an idle session
+/// keeps only a small one (the outbox holds it between batches).
+const KEEP_SLOTS: usize = 4;
 /// How long closing writes (the last frames, an ERROR) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -82,28 +84,34 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 
     async fn run_inner(&mut self, done: &CancellationToken) -> WriterEnd {
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch = VecDeque::new();
         let far_future = Instant::now() + Duration::from_secs(86400 * 365);
         let mut next_beat = self.heart_beat.map(|every| Instant::now() + every);
         let outbox = self.outbox.clone();
         loop {
-            tokio::select! {
-                biased;
-                _ = done.cancelled() => return WriterEnd::Aborted,
-                _ = outbox.closed() => return self.kill().await,
-                n = self.rx.recv_many(&mut batch, BATCH) => {
-                    if n == 0 {
-                        return WriterEnd::Aborted;
+            // A batch cut short by MAX_WRITE goes on without waiting.
+            if batch.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = done.cancelled() => return WriterEnd::Aborted,
+                    _ = outbox.closed() => return self.kill().await,
+                    more = self.rx.recv_all(&mut batch) => {
+                        if !more {
+                            return WriterEnd::Aborted;
+                        }
                     }
-                }
-                _ = sleep_until(next_beat.unwrap_or(far_future)), if next_beat.is_some() => {
-                    encode::put_heart_beat(&mut self.buf);
+                    _ = sleep_until(next_beat.unwrap_or(far_future)), if next_beat.is_some() => {
+                        encode::put_heart_beat(&mut self.buf);
+                    }
                 }
             }
             let mut cost = 0;
             let mut close = false;
             let mut messages = 0;
-            for notification in batch.drain(..) {
+            while self.buf.len() < MAX_WRITE {
+                let Some(notification) = batch.pop_front() else {
+                    break;
+                };
                 cost += notification.cost();
                 match notification {
                     Notification::Deliver(mut delivery) => {
@@ -145,8 +153,12 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             if close {
                 return WriterEnd::Closed;
             }
-            if self.buf.capacity() > KEEP_BUFFER {
+            if batch.is_empty() {
+                // Going back to waiting: let idle sessions hold no buffers.
                 self.buf = BytesMut::new();
+                if batch.capacity() > KEEP_SLOTS {
+                    batch = VecDeque::new();
+                }
             }
             next_beat = self.heart_beat.map(|every| Instant::now() + every);
         }
