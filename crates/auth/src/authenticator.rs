@@ -136,6 +136,13 @@ impl Authenticator {
         self.users.is_none() && self.jwt.is_none()
     }
 
+    /// Whether checking `credentials` may verify a password hash, which is slow on
+    /// purpose (milliseconds) and so belongs off the async threads. Every other check
+    /// takes microseconds.
+    pub fn may_hash(&self, credentials: &Credentials<'_>) -> bool {
+        self.users.is_some() && credentials.login.is_some() && credentials.passcode.is_some()
+    }
+
     /// Whether tokens are accepted.
     pub fn accepts_tokens(&self) -> bool {
         self.jwt.is_some()

@@ -48,7 +48,8 @@ fn main() -> ExitCode {
         }
         Action::Run => {}
     }
-    init_logging(&loaded.config);
+    // Held to the end of main: dropping it writes out the last log lines.
+    let _log_flush = init_logging(&loaded.config);
     // Every connection is a descriptor: use as many as the hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) if (limit as usize) < loaded.config.max_connections + 64 => tracing::warn!(
@@ -209,17 +210,26 @@ impl Signals {
     }
 }
 
-fn init_logging(config: &Config) {
+/// Logs go to stderr from a thread of their own: a runtime thread only formats a line
+/// and queues it, so a slow log reader (a pipe, journald) never stalls connections.
+/// Under a flood the queue drops lines rather than block.
+fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
+    // Batched: the writer thread flushes when its queue runs dry, one write for many lines.
+    let (writer, guard) = tracing_appender::non_blocking(std::io::BufWriter::with_capacity(
+        64 * 1024,
+        std::io::stderr(),
+    ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match config.log_format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }

@@ -91,7 +91,10 @@ struct Shared {
     id: u64,
     pending: AtomicUsize,
     limit: usize,
+    /// For waiting on a close; checking is done on `is_closed`, which is lock-free.
     closed: CancellationToken,
+    /// Set before `closed` is cancelled; read on every push.
+    is_closed: AtomicBool,
     reason: OnceLock<CloseReason>,
     /// Notifications not yet taken by the writer.
     queue: Mutex<VecDeque<Notification>>,
@@ -159,6 +162,7 @@ pub fn outbox(limit: usize) -> (Outbox, OutboxReceiver) {
         pending: AtomicUsize::new(0),
         limit,
         closed: CancellationToken::new(),
+        is_closed: AtomicBool::new(false),
         reason: OnceLock::new(),
         queue: Mutex::new(VecDeque::new()),
         wake: Notify::new(),
@@ -244,12 +248,15 @@ impl Outbox {
     /// Closes the outbox from outside the session. The first reason given sticks.
     pub fn close(&self, reason: CloseReason) {
         let _ = self.shared.reason.set(reason);
+        self.shared.is_closed.store(true, Ordering::Release);
         self.shared.closed.cancel();
     }
 
     /// Whether [`Outbox::close`] was called.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.is_cancelled()
+        // Not `CancellationToken::is_cancelled`, which takes a lock: this runs once per
+        // delivery.
+        self.shared.is_closed.load(Ordering::Acquire)
     }
 
     /// Why the outbox was closed, if it was.

@@ -145,14 +145,29 @@ where
         .await
 }
 
-/// Checks CONNECT's credentials, off the async threads (password hashes are slow on
-/// purpose) and under a deadline.
+/// Checks CONNECT's credentials. Password hashes are slow on purpose, so those are
+/// checked off the async threads and under a deadline; everything else (no auth, tokens,
+/// anonymous) is checked in place, saving a thread hop per connection.
 async fn authenticate(
     context: &Context,
     connect: &Frame,
     peer: &Peer,
 ) -> Result<Principal, SessionError> {
     let authenticator = context.state.auth.current();
+    let credentials = Credentials {
+        login: connect.get(names::LOGIN),
+        passcode: connect.get(names::PASSCODE),
+        bearer: authorization(connect).and_then(bearer_token),
+        query_token: peer.query_token.as_deref(),
+    };
+    if !authenticator.may_hash(&credentials) {
+        return authenticator
+            .authenticate(&credentials, auth::now())
+            .map_err(|error| {
+                info!(reason = %error, "authentication failed");
+                SessionError::AuthenticationFailed
+            });
+    }
     let owned = |name| connect.get(name).map(str::to_owned);
     let login = owned(names::LOGIN);
     let passcode = owned(names::PASSCODE);
@@ -586,7 +601,9 @@ impl Session {
             Command::Unsubscribe => self.unsubscribe(&frame),
             Command::Ack | Command::Nack => self.acknowledge(&frame),
             Command::Begin => self.begin(&frame),
-            Command::Commit => self.commit(&frame).await,
+            // Boxed: a rare frame whose large future would otherwise be part of every
+            // idle session's task.
+            Command::Commit => Box::pin(self.commit(&frame)).await,
             Command::Abort => self.abort(&frame),
             Command::Disconnect => Ok(Flow::Disconnect),
         }

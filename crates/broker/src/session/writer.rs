@@ -20,9 +20,6 @@ use crate::registry::Traffic;
 
 /// Most bytes encoded before they are written; the rest of a batch waits for the next write.
 const MAX_WRITE: usize = 256 * 1024;
-/// A batch queue that grew past this many slots is released after use: an idle session
-/// keeps only a small one (the outbox holds it between batches).
-const KEEP_SLOTS: usize = 4;
 /// How long closing writes (the last frames, an ERROR) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -154,11 +151,10 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 return WriterEnd::Closed;
             }
             if batch.is_empty() {
-                // Going back to waiting: let idle sessions hold no buffers.
+                // Going back to waiting: idle sessions hold no buffers. The emptied batch
+                // would be swapped into the outbox and sit there, so it goes too.
                 self.buf = BytesMut::new();
-                if batch.capacity() > KEEP_SLOTS {
-                    batch = VecDeque::new();
-                }
+                batch = VecDeque::new();
             }
             next_beat = self.heart_beat.map(|every| Instant::now() + every);
         }
