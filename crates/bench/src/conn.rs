@@ -3,9 +3,10 @@
 use std::io;
 use std::net::SocketAddr;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use memchr::memmem;
 use postbox_stomp::{Command, Frame, Item, Limits, StompCodec, Version, encode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -47,6 +48,9 @@ pub struct Reader {
     io: ReadIo,
     buf: BytesMut,
     codec: StompCodec,
+    /// The decoder holds a partly scanned frame: it must see that frame through, since
+    /// it remembers positions in the buffer that skimming would move.
+    decoding: bool,
 }
 
 /// The writing half of a connection, with its own buffer for batching.
@@ -105,6 +109,7 @@ pub async fn connect_from(
         io: read,
         buf: BytesMut::with_capacity(64 * 1024),
         codec: StompCodec::new(Version::V1_2, limits),
+        decoding: false,
     };
     let mut writer = Writer {
         io: write,
@@ -128,7 +133,66 @@ pub async fn connect_from(
     }
 }
 
+/// An item found by [`Reader::buffered_message`].
+#[derive(Debug)]
+pub enum Received {
+    /// A MESSAGE, of which only the body is kept.
+    Message(Bytes),
+    /// Any other frame, fully decoded.
+    Frame(Frame),
+}
+
 impl Reader {
+    /// Like [`Reader::buffered`], but a MESSAGE with a `content-length` is only skimmed
+    /// for its body: a load generator that decodes every header spends the CPU the
+    /// broker under test needs (both share this machine). Anything else goes through
+    /// the full decoder.
+    pub fn buffered_message(&mut self) -> io::Result<Option<Received>> {
+        if self.decoding {
+            return self.decode_fully();
+        }
+        let eols = self
+            .buf
+            .iter()
+            .take_while(|b| **b == b'\n' || **b == b'\r')
+            .count();
+        self.buf.advance(eols);
+        if self.buf.starts_with(b"MESSAGE\n")
+            && let Some(head_len) = memmem::find(&self.buf, b"\n\n")
+            && !self.buf[..head_len].contains(&b'\r')
+            && let Some(at) = memmem::find(&self.buf[..head_len], b"\ncontent-length:")
+        {
+            let digits = &self.buf[at + 16..head_len];
+            let digits = &digits[..digits
+                .iter()
+                .position(|b| *b == b'\n')
+                .unwrap_or(digits.len())];
+            let len: usize = std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| d.parse().ok())
+                .ok_or_else(|| io::Error::other("bad content-length"))?;
+            let body_at = head_len + 2;
+            if self.buf.len() <= body_at + len {
+                return Ok(None);
+            }
+            if self.buf[body_at + len] != 0 {
+                return Err(io::Error::other("MESSAGE body not followed by NUL"));
+            }
+            let frame = self.buf.split_to(body_at + len + 1).freeze();
+            return Ok(Some(Received::Message(frame.slice(body_at..body_at + len))));
+        }
+        if self.buf.starts_with(b"MESSAGE\n") && memmem::find(&self.buf, b"\n\n").is_none() {
+            return Ok(None);
+        }
+        self.decode_fully()
+    }
+
+    fn decode_fully(&mut self) -> io::Result<Option<Received>> {
+        let frame = self.buffered()?;
+        self.decoding = frame.is_none() && !self.buf.is_empty();
+        Ok(frame.map(Received::Frame))
+    }
+
     /// The next frame already in the buffer, without reading from the socket.
     pub fn buffered(&mut self) -> io::Result<Option<Frame>> {
         loop {
@@ -222,5 +286,86 @@ impl Writer {
     pub async fn send(&mut self, frame: &Frame) -> io::Result<()> {
         self.queue(frame);
         self.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// Frames of every shape the skimmer meets, written in awkward pieces: each must come
+    /// out whole and in order, MESSAGE bodies skimmed and the rest fully decoded.
+    #[tokio::test]
+    async fn skimming_agrees_with_the_decoder_across_split_reads() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let (read, _write) = client.into_split();
+        let mut reader = Reader {
+            io: ReadIo::Tcp(read),
+            buf: BytesMut::new(),
+            codec: StompCodec::new(Version::V1_2, Limits::default()),
+            decoding: false,
+        };
+        let mut wire = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..200u32 {
+            let body = format!("body-{i}\0with-nul");
+            match i % 4 {
+                0 => wire.extend_from_slice(
+                    format!(
+                        "MESSAGE\nsubscription:0\nmessage-id:{i}\ncontent-length:{}\n\n{body}\0\n",
+                        body.len()
+                    )
+                    .as_bytes(),
+                ),
+                // No content-length: the decoder finds the body's end at the first NUL.
+                1 => wire.extend_from_slice(
+                    format!("MESSAGE\nmessage-id:{i}\n\nplain-{i}\0").as_bytes(),
+                ),
+                2 => {
+                    wire.extend_from_slice(format!("RECEIPT\nreceipt-id:{i}\n\n\0\r\n").as_bytes())
+                }
+                _ => wire.extend_from_slice(
+                    format!("MESSAGE\r\nmessage-id:{i}\r\ncontent-length:3\r\n\r\nabc\0")
+                        .as_bytes(),
+                ),
+            }
+            expected.push(match i % 4 {
+                0 => ("MESSAGE", body.into_bytes()),
+                1 => ("MESSAGE", format!("plain-{i}").into_bytes()),
+                2 => ("RECEIPT", Vec::new()),
+                _ => ("MESSAGE", b"abc".to_vec()),
+            });
+        }
+        let writer = tokio::spawn(async move {
+            let mut at = 0;
+            let mut step = 1;
+            while at < wire.len() {
+                let end = (at + step).min(wire.len());
+                server.write_all(&wire[at..end]).await.unwrap();
+                server.flush().await.unwrap();
+                at = end;
+                step = step % 37 + 3;
+                tokio::task::yield_now().await;
+            }
+            server
+        });
+        let mut got = Vec::new();
+        while got.len() < expected.len() {
+            while let Some(received) = reader.buffered_message().unwrap() {
+                got.push(match received {
+                    Received::Message(body) => ("MESSAGE", body.to_vec()),
+                    Received::Frame(frame) => (frame.command.as_str(), frame.body.to_vec()),
+                });
+            }
+            if got.len() < expected.len() {
+                assert!(reader.fill().await.unwrap(), "stream ended early");
+            }
+        }
+        assert_eq!(got, expected);
+        drop(writer.await.unwrap());
     }
 }

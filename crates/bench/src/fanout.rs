@@ -37,14 +37,14 @@ struct Shared {
     phase: AtomicU8,
     published: AtomicU64,
     published_measured: AtomicU64,
-    received: Vec<AtomicU64>,
+    received: Vec<crate::Padded<AtomicU64>>,
 }
 
 impl Shared {
     fn slowest(&self) -> u64 {
         self.received
             .iter()
-            .map(|r| r.load(Ordering::Relaxed))
+            .map(|r| r.0.load(Ordering::Relaxed))
             .min()
             .unwrap_or(0)
     }
@@ -63,7 +63,7 @@ pub async fn run(
         published: AtomicU64::new(0),
         published_measured: AtomicU64::new(0),
         received: (0..options.subscribers)
-            .map(|_| AtomicU64::new(0))
+            .map(|_| crate::Padded(AtomicU64::new(0)))
             .collect(),
     });
     let stop = CancellationToken::new();
@@ -175,27 +175,38 @@ async fn subscribe_loop(
     let mut histogram = report::histogram();
     let mut count = 0;
     loop {
-        let frame = tokio::select! {
+        // Everything that one read brought arrived at the same moment.
+        let arrived = clock_us();
+        let measuring = shared.phase.load(Ordering::Relaxed) == MEASURE;
+        let mut batch = 0;
+        while let Some(received) = reader.buffered_message()? {
+            let body = match received {
+                conn::Received::Message(body) => body,
+                conn::Received::Frame(frame) if frame.command == Command::Message => frame.body,
+                conn::Received::Frame(frame) => {
+                    return Err(io::Error::other(format!(
+                        "subscriber {index}: got {} {:?}",
+                        frame.command,
+                        frame.get("message")
+                    )));
+                }
+            };
+            batch += 1;
+            if measuring && body.len() >= 8 {
+                let sent = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+                let _ = histogram.record(arrived.saturating_sub(sent).max(1));
+                count += 1;
+            }
+        }
+        shared.received[index].0.fetch_add(batch, Ordering::Relaxed);
+        let more = tokio::select! {
             _ = stop.cancelled() => return Ok((histogram, count)),
-            frame = reader.next() => frame?,
+            more = reader.fill() => more?,
         };
-        let Some(frame) = frame else {
+        if !more {
             return Err(io::Error::other(format!(
                 "subscriber {index}: connection closed"
             )));
-        };
-        if frame.command != Command::Message {
-            return Err(io::Error::other(format!(
-                "subscriber {index}: got {} {:?}",
-                frame.command,
-                frame.get("message")
-            )));
-        }
-        shared.received[index].fetch_add(1, Ordering::Relaxed);
-        if shared.phase.load(Ordering::Relaxed) == MEASURE && frame.body.len() >= 8 {
-            let sent = u64::from_le_bytes(frame.body[..8].try_into().expect("8 bytes"));
-            let _ = histogram.record(clock_us().saturating_sub(sent).max(1));
-            count += 1;
         }
     }
 }

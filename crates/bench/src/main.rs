@@ -9,6 +9,7 @@
 mod conn;
 mod connections;
 mod fanout;
+mod null_broker;
 mod queue;
 mod report;
 
@@ -60,6 +61,13 @@ enum Scenario {
     /// Many idle subscribed connections: open rate, broker memory per connection, and
     /// time for one message to reach them all.
     Connections(ConnectionsArgs),
+    /// Not a scenario: a stand-in broker that parses nothing, answering just enough for
+    /// the connections scenario, to measure what the machine allows without a broker.
+    NullBroker {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:61613")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -167,8 +175,10 @@ fn main() -> ExitCode {
     clock_us();
     // Thousands of connections need thousands of descriptors.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    if let Scenario::Connections(args) = &cli.scenario {
-        return run_connections(args);
+    match &cli.scenario {
+        Scenario::Connections(args) => return run_connections(args),
+        Scenario::NullBroker { listen } => return run_null_broker(*listen),
+        _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -177,7 +187,7 @@ fn main() -> ExitCode {
     let ws = match &cli.scenario {
         Scenario::Fanout(args) => args.common.ws,
         Scenario::Queue(args) => args.common.ws,
-        Scenario::Connections(args) => args.common.ws,
+        Scenario::Connections(_) | Scenario::NullBroker { .. } => unreachable!("handled above"),
     };
     let (json, result) = runtime.block_on(async {
         match cli.scenario {
@@ -201,7 +211,9 @@ fn main() -> ExitCode {
                     fanout::run(&target, &publish_target, &options).await,
                 )
             }
-            Scenario::Connections(_) => unreachable!("handled above"),
+            Scenario::Connections(_) | Scenario::NullBroker { .. } => {
+                unreachable!("handled above")
+            }
             Scenario::Queue(args) => {
                 let target = target(&args.common);
                 let options = queue::Options {
@@ -235,6 +247,20 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn run_null_broker(listen: std::net::SocketAddr) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(null_broker::run(listen)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("postbox-bench null-broker: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run_connections(args: &ConnectionsArgs) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -257,6 +283,11 @@ fn run_connections(args: &ConnectionsArgs) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+/// A value on a cache line of its own, so counters of different tasks do not share one.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct Padded<T>(pub T);
 
 fn target(common: &Common) -> conn::Target {
     conn::Target {
