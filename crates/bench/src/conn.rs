@@ -136,8 +136,9 @@ pub async fn connect_from(
 /// An item found by [`Reader::buffered_message`].
 #[derive(Debug)]
 pub enum Received {
-    /// A MESSAGE, of which only the body is kept.
-    Message(Bytes),
+    /// A MESSAGE, of which only the body and the raw (still escaped) `ack` header are
+    /// kept; the raw value is what an ACK must carry back.
+    Message { body: Bytes, ack: Option<Bytes> },
     /// Any other frame, fully decoded.
     Frame(Frame),
 }
@@ -178,8 +179,20 @@ impl Reader {
             if self.buf[body_at + len] != 0 {
                 return Err(io::Error::other("MESSAGE body not followed by NUL"));
             }
+            let ack = memmem::find(&self.buf[..head_len], b"\nack:").map(|at| {
+                let value = &self.buf[at + 5..head_len];
+                at + 5
+                    ..at + 5
+                        + value
+                            .iter()
+                            .position(|b| *b == b'\n')
+                            .unwrap_or(value.len())
+            });
             let frame = self.buf.split_to(body_at + len + 1).freeze();
-            return Ok(Some(Received::Message(frame.slice(body_at..body_at + len))));
+            return Ok(Some(Received::Message {
+                body: frame.slice(body_at..body_at + len),
+                ack: ack.map(|range| frame.slice(range)),
+            }));
         }
         if self.buf.starts_with(b"MESSAGE\n") && memmem::find(&self.buf, b"\n\n").is_none() {
             return Ok(None);
@@ -357,7 +370,7 @@ mod tests {
         while got.len() < expected.len() {
             while let Some(received) = reader.buffered_message().unwrap() {
                 got.push(match received {
-                    Received::Message(body) => ("MESSAGE", body.to_vec()),
+                    Received::Message { body, .. } => ("MESSAGE", body.to_vec()),
                     Received::Frame(frame) => (frame.command.as_str(), frame.body.to_vec()),
                 });
             }

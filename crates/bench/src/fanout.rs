@@ -181,7 +181,7 @@ async fn subscribe_loop(
         let mut batch = 0;
         while let Some(received) = reader.buffered_message()? {
             let body = match received {
-                conn::Received::Message(body) => body,
+                conn::Received::Message { body, .. } => body,
                 conn::Received::Frame(frame) if frame.command == Command::Message => frame.body,
                 conn::Received::Frame(frame) => {
                     return Err(io::Error::other(format!(

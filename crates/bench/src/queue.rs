@@ -178,33 +178,47 @@ async fn consume(
         histogram: report::histogram(),
     };
     loop {
-        while let Some(frame) = reader.buffered()? {
-            if frame.command != Command::Message {
-                return Err(io::Error::other(format!(
-                    "consumer got {} {:?}",
-                    frame.command,
-                    frame.get("message")
-                )));
-            }
-            let body = &frame.body;
+        // Everything that one read brought arrived at the same moment.
+        let arrived = clock_us();
+        let measuring = shared.phase.load(Ordering::Relaxed) == MEASURE;
+        let mut batch = 0;
+        while let Some(received) = reader.buffered_message()? {
+            let (body, ack) = match received {
+                conn::Received::Message { body, ack } => (body, ack),
+                conn::Received::Frame(frame) if frame.command == Command::Message => {
+                    if acks && let Some(id) = frame.get("ack") {
+                        writer.queue(&Frame::new(Command::Ack).header("id", id));
+                    }
+                    (frame.body, None)
+                }
+                conn::Received::Frame(frame) => {
+                    return Err(io::Error::other(format!(
+                        "consumer got {} {:?}",
+                        frame.command,
+                        frame.get("message")
+                    )));
+                }
+            };
             if body.len() >= HEADER {
                 let sent = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
                 let producer = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes"));
                 let sequence = u64::from_le_bytes(body[12..20].try_into().expect("8 bytes"));
                 seen.ids.insert(key(producer, sequence));
-                if shared.phase.load(Ordering::Relaxed) == MEASURE {
-                    let _ = seen
-                        .histogram
-                        .record(clock_us().saturating_sub(sent).max(1));
+                if measuring {
+                    let _ = seen.histogram.record(arrived.saturating_sub(sent).max(1));
                     seen.measured += 1;
                 }
             }
-            seen.received += 1;
-            shared.consumed.fetch_add(1, Ordering::Relaxed);
-            if acks && let Some(id) = frame.get("ack") {
-                writer.queue(&Frame::new(Command::Ack).header("id", id));
+            batch += 1;
+            if acks && let Some(id) = ack {
+                // The raw header value, escapes and all, is exactly what ACK's id needs.
+                writer.buf.extend_from_slice(b"ACK\nid:");
+                writer.buf.extend_from_slice(&id);
+                writer.buf.extend_from_slice(b"\n\n\0");
             }
         }
+        seen.received += batch;
+        shared.consumed.fetch_add(batch, Ordering::Relaxed);
         if !writer.buf.is_empty() {
             writer.flush().await?;
         }

@@ -405,6 +405,27 @@ enum ReaderEnd {
     Killed,
 }
 
+/// What stopped a frame's handling while it waited.
+enum Interrupted {
+    WriterGone,
+    Killed,
+    Shutdown,
+}
+
+/// Polls `future` once in the current task: its output if that settles it, else `None`
+/// (the future keeps its place and may be polled on).
+async fn poll_once<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    let mut future = Some(future);
+    std::future::poll_fn(|cx| {
+        let polled = future.take().expect("polled once").poll(cx);
+        std::task::Poll::Ready(match polled {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 /// What to do after a frame.
 enum Flow {
     Continue,
@@ -462,18 +483,37 @@ impl Session {
         done: &CancellationToken,
     ) -> ReaderEnd {
         let outbox = self.outbox.clone();
+        // Frames already buffered are taken without the select below, whose futures
+        // cost a lock and a waiter each per poll; every FAST_FRAMES-th frame still goes
+        // through it, so shutdown, kills and token expiry are seen during a flood too.
+        const FAST_FRAMES: u32 = 32;
+        let mut fast = 0;
         loop {
-            let expiry = self.token_deadline();
-            let item = tokio::select! {
-                biased;
-                _ = done.cancelled() => return ReaderEnd::WriterGone,
-                _ = outbox.closed() => return ReaderEnd::Killed,
-                _ = shutdown.cancelled() => return self.fail(SessionError::Closed(CloseReason::Shutdown), None),
-                _ = tokio::time::sleep_until(expiry.unwrap_or_else(far_future)), if expiry.is_some() => {
-                    info!("closing: the access token expired and no fresh one arrived");
-                    return self.fail(SessionError::TokenExpired, None);
+            let buffered = if fast < FAST_FRAMES && !outbox.is_closed() {
+                reader.buffered()
+            } else {
+                Ok(None)
+            };
+            let item = match buffered {
+                Ok(None) => {
+                    fast = 0;
+                    let expiry = self.token_deadline();
+                    tokio::select! {
+                        biased;
+                        _ = done.cancelled() => return ReaderEnd::WriterGone,
+                        _ = outbox.closed() => return ReaderEnd::Killed,
+                        _ = shutdown.cancelled() => return self.fail(SessionError::Closed(CloseReason::Shutdown), None),
+                        _ = tokio::time::sleep_until(expiry.unwrap_or_else(far_future)), if expiry.is_some() => {
+                            info!("closing: the access token expired and no fresh one arrived");
+                            return self.fail(SessionError::TokenExpired, None);
+                        }
+                        item = reader.next(silence) => item,
+                    }
                 }
-                item = reader.next(silence) => item,
+                other => {
+                    fast += 1;
+                    other
+                }
             };
             let frame = match item {
                 Ok(Some(Item::Frame(frame))) => frame,
@@ -497,12 +537,29 @@ impl Session {
                 }
             };
             let receipt = frame.headers.get_shared(names::RECEIPT).cloned();
-            let result = tokio::select! {
-                biased;
-                _ = done.cancelled() => return ReaderEnd::WriterGone,
-                _ = outbox.closed() => return ReaderEnd::Killed,
-                _ = shutdown.cancelled() => return self.fail(SessionError::Closed(CloseReason::Shutdown), None),
-                result = self.handle(frame) => result,
+            // Most frames are handled without waiting: one poll settles them, and only
+            // one that has to wait (a full queue, the cluster) races the stop signals.
+            let handled = {
+                let handling = self.handle(frame);
+                let mut handling = std::pin::pin!(handling);
+                match poll_once(handling.as_mut()).await {
+                    Some(result) => Ok(result),
+                    None => tokio::select! {
+                        biased;
+                        _ = done.cancelled() => Err(Interrupted::WriterGone),
+                        _ = outbox.closed() => Err(Interrupted::Killed),
+                        _ = shutdown.cancelled() => Err(Interrupted::Shutdown),
+                        result = &mut handling => Ok(result),
+                    },
+                }
+            };
+            let result = match handled {
+                Ok(result) => result,
+                Err(Interrupted::WriterGone) => return ReaderEnd::WriterGone,
+                Err(Interrupted::Killed) => return ReaderEnd::Killed,
+                Err(Interrupted::Shutdown) => {
+                    return self.fail(SessionError::Closed(CloseReason::Shutdown), None);
+                }
             };
             match result {
                 Ok(flow) => {

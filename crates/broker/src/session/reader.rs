@@ -55,15 +55,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &mut self.codec
     }
 
+    /// The next item already in the buffer, without reading from the transport.
+    pub fn buffered(&mut self) -> Result<Option<Item>, ReadError> {
+        let item = self.codec.decode(&mut self.buf).map_err(ReadError::Frame)?;
+        if let Some(Item::Frame(_)) = item {
+            self.traffic.frames_in.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(item)
+    }
+
     /// The next item; `Ok(None)` at the end of the stream. With `silence` set, fails with
     /// [`ReadError::Silent`] when no byte at all arrives for that long: any byte counts as
     /// activity, as STOMP heart-beating asks.
     pub async fn next(&mut self, silence: Option<Duration>) -> Result<Option<Item>, ReadError> {
         loop {
-            if let Some(item) = self.codec.decode(&mut self.buf).map_err(ReadError::Frame)? {
-                if let Item::Frame(_) = item {
-                    self.traffic.frames_in.fetch_add(1, Ordering::Relaxed);
-                }
+            if let Some(item) = self.buffered()? {
                 return Ok(Some(item));
             }
             let read = read_some(&mut self.io, &mut self.buf);
