@@ -51,34 +51,48 @@ impl Pattern {
         wild.then_some(Pattern { words })
     }
 
-    /// Whether the topic name matches. Runs in O(pattern words × topic words).
+    /// Whether the topic name matches. Allocates nothing: this runs for every pattern
+    /// on every publish to a name not in the match cache.
+    ///
+    /// Glob matching over words, `#` as the star and `*` as the single-character
+    /// wildcard: on a mismatch, the most recent `#` takes one more word and matching
+    /// resumes after it. One resume point is enough, because a later `#` can absorb
+    /// anything an earlier one would have; worst case O(pattern words × topic words).
     pub fn matches(&self, topic: &str) -> bool {
-        let words: Vec<&str> = topic.split('.').collect();
-        // reach[j]: the pattern words seen so far can match exactly the first j topic words.
-        let mut reach = vec![false; words.len() + 1];
-        reach[0] = true;
-        for word in &self.words {
-            match word {
-                Word::Any => {
-                    let mut seen = false;
-                    for slot in reach.iter_mut() {
-                        seen |= *slot;
-                        *slot = seen;
+        // Topic positions are byte offsets of word starts; `end` means no words are left.
+        let end = topic.len() + 1;
+        let word_end = |at: usize| topic[at..].find('.').map_or(topic.len(), |dot| at + dot);
+        let (mut i, mut at) = (0, 0);
+        // After the latest `#`: the pattern index following it and where its words end.
+        let mut resume: Option<(usize, usize)> = None;
+        loop {
+            if let Some(word) = self.words.get(i) {
+                let advanced = match word {
+                    Word::Any => {
+                        resume = Some((i + 1, at));
+                        i += 1;
+                        continue;
                     }
+                    Word::One => at < end,
+                    Word::Literal(literal) => at < end && topic[at..word_end(at)] == **literal,
+                };
+                if advanced {
+                    at = word_end(at) + 1;
+                    i += 1;
+                    continue;
                 }
-                Word::One | Word::Literal(_) => {
-                    for j in (1..reach.len()).rev() {
-                        let fits = match word {
-                            Word::Literal(literal) => words[j - 1] == literal,
-                            _ => true,
-                        };
-                        reach[j] = reach[j - 1] && fits;
-                    }
-                    reach[0] = false;
+            } else if at == end {
+                return true;
+            }
+            match resume {
+                Some((after, absorbed)) if absorbed < end => {
+                    let absorbed = word_end(absorbed) + 1;
+                    resume = Some((after, absorbed));
+                    (i, at) = (after, absorbed);
                 }
+                _ => return false,
             }
         }
-        reach[words.len()]
     }
 }
 
@@ -226,6 +240,44 @@ mod tests {
         assert!(Pattern::parse("a*.b").is_none());
         assert!(Pattern::parse("price.#x").is_none());
         assert!(Pattern::parse("plain.topic").is_none());
+    }
+
+    /// The obvious dynamic programme over (pattern words, topic words), as a reference.
+    fn reference(pattern: &Pattern, topic: &str) -> bool {
+        let words: Vec<&str> = topic.split('.').collect();
+        // reach[j]: the pattern words so far can match exactly the first j topic words.
+        let mut reach = vec![false; words.len() + 1];
+        reach[0] = true;
+        for word in &pattern.words {
+            if *word == Word::Any {
+                for j in 1..reach.len() {
+                    reach[j] |= reach[j - 1];
+                }
+                continue;
+            }
+            for j in (1..reach.len()).rev() {
+                let fits = match word {
+                    Word::Literal(literal) => words[j - 1] == literal,
+                    _ => true,
+                };
+                reach[j] = reach[j - 1] && fits;
+            }
+            reach[0] = false;
+        }
+        reach[words.len()]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn matching_agrees_with_the_reference(
+            pattern in proptest::collection::vec(proptest::sample::select(vec!["a", "b", "", "*", "#"]), 1..7),
+            topic in proptest::collection::vec(proptest::sample::select(vec!["a", "b", ""]), 1..8),
+        ) {
+            let (pattern, topic) = (pattern.join("."), topic.join("."));
+            if let Some(parsed) = Pattern::parse(&pattern) {
+                proptest::prop_assert_eq!(parsed.matches(&topic), reference(&parsed, &topic), "{} vs {}", pattern, topic);
+            }
+        }
     }
 
     #[test]
