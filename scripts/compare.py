@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
-"""Runs the same postbox-bench scenarios against Postbox and RabbitMQ's STOMP plugin on
-this machine, alternating runs, and prints one table of medians and ratios.
+"""Runs the same postbox-bench scenarios against Postbox, RabbitMQ's STOMP plugin and
+ActiveMQ on this machine, alternating runs, and prints one table of medians and ratios.
 
-It starts what it needs on loopback (Postbox from this workspace, built in release
-mode; RabbitMQ from Debian's rabbitmq-server with rabbitmq_stomp, in a private node and
-data directory) and stops it at the end.
+It starts what it needs on loopback, each in a private directory, and stops it at the
+end: Postbox from this workspace (release build); RabbitMQ from Debian's
+rabbitmq-server with rabbitmq_stomp and rabbitmq_web_stomp; ActiveMQ from Debian's
+activemq (its STOMP connector; Debian's build has no WebSocket transport, so the ws
+rows say n/a for it).
 
-Usage: scripts/compare.py [--runs 3] [--duration 10] [--brokers postbox,rabbitmq]
-                          [--scenarios fanout-10,fanout-100,latency-10,queue-ack,queue-auto]
+Usage: scripts/compare.py [--runs 3] [--duration 10] [--brokers postbox,rabbitmq,activemq]
+                          [--scenarios fanout-10,...]   (see SCENARIOS below)
 """
 
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -24,18 +27,41 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# name -> (postbox-bench arguments, figure to compare, unit, higher is better)
+
+def delivered(report):
+    return report["delivered_per_sec"]
+
+
+def p99(report):
+    return report["latency_us"]["p99"]
+
+
+def kib_per_connection(report):
+    value = report.get("rss_bytes_per_connection")
+    return value / 1024 if value is not None else None
+
+
+# Scenario name -> (postbox-bench arguments, over WebSocket, rows). Each row is
+# (row name, figure from the JSON report, unit, higher is better).
 SCENARIOS = {
-    "fanout-10": (["fanout", "--publishers", "1", "--subscribers", "10"],
-                  "delivered_per_sec", "deliveries/s", True),
-    "fanout-100": (["fanout", "--publishers", "1", "--subscribers", "100"],
-                   "delivered_per_sec", "deliveries/s", True),
-    "latency-10": (["fanout", "--publishers", "1", "--subscribers", "10", "--rate", "1000"],
-                   "p99_us", "p99 us", False),
-    "queue-ack": (["queue", "--producers", "2", "--consumers", "2", "--ack", "client-individual"],
-                  "delivered_per_sec", "msgs/s", True),
-    "queue-auto": (["queue", "--producers", "2", "--consumers", "2", "--ack", "auto"],
-                   "delivered_per_sec", "msgs/s", True),
+    "fanout-10": (["fanout", "--publishers", "1", "--subscribers", "10"], False,
+                  [("fanout-10", delivered, "deliveries/s", True)]),
+    "fanout-100": (["fanout", "--publishers", "1", "--subscribers", "100"], False,
+                   [("fanout-100", delivered, "deliveries/s", True)]),
+    "latency-10": (["fanout", "--publishers", "1", "--subscribers", "10", "--rate", "1000"], False,
+                   [("latency-10 (1k msg/s)", p99, "p99 us", False)]),
+    "queue-ack": (["queue", "--producers", "2", "--consumers", "2", "--ack", "client-individual"], False,
+                  [("queue-ack", delivered, "msgs/s", True)]),
+    "queue-auto": (["queue", "--producers", "2", "--consumers", "2", "--ack", "auto"], False,
+                   [("queue-auto", delivered, "msgs/s", True)]),
+    "fanout-10-ws": (["fanout", "--publishers", "1", "--subscribers", "10"], True,
+                     [("fanout-10 over ws", delivered, "deliveries/s", True)]),
+    "latency-10-ws": (["fanout", "--publishers", "1", "--subscribers", "10", "--rate", "1000"], True,
+                      [("latency-10 over ws", p99, "p99 us", False)]),
+    "connections": (["connections", "--count", "10000", "--broadcasts", "5"], False,
+                    [("10k idle: opened", lambda r: r["connects_per_sec"], "conn/s", True),
+                     ("10k idle: memory", kib_per_connection, "KiB/conn", False),
+                     ("10k idle: broadcast", lambda r: r["broadcast_ms_median"], "ms to last", False)]),
 }
 
 
@@ -65,18 +91,21 @@ class Postbox:
     def start(self):
         binary = ROOT / "target" / "release" / "postbox"
         self.process = subprocess.Popen(
-            [str(binary), "--listen", "127.0.0.1:0", "--log-level", "warn"],
+            [str(binary), "--listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0",
+             "--max-connections", "20000", "--log-level", "warn"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for line in self.process.stdout:
             parts = line.split()
             if parts[:2] == ["listening", "stomp"]:
                 self.addr = parts[2]
+            if parts[:2] == ["listening", "ws"]:
+                self.ws_addr = parts[2]
             if parts == ["ready"]:
                 return
         raise RuntimeError("postbox did not start")
 
-    def rss_kib(self):
-        return read_rss(self.process.pid)
+    def pid(self):
+        return self.process.pid
 
     def stop(self):
         self.process.terminate()
@@ -96,13 +125,17 @@ class RabbitMQ:
         # Debian's wrapper may run the node as the rabbitmq user.
         for path in [Path(self.dir), *Path(self.dir).iterdir()]:
             path.chmod(0o777)
-        stomp = free_port()
+        stomp, web_stomp = free_port(), free_port()
         conf = Path(self.dir) / "rabbitmq.conf"
         conf.write_text(
             f"listeners.tcp.default = 127.0.0.1:{free_port()}\n"
             f"stomp.listeners.tcp.1 = 127.0.0.1:{stomp}\n"
+            f"web_stomp.tcp.ip = 127.0.0.1\n"
+            f"web_stomp.tcp.port = {web_stomp}\n"
+            # Binary frames: the bench's bodies are not UTF-8 text.
+            "web_stomp.ws_frame = binary\n"
             "loopback_users = none\n")
-        (Path(self.dir) / "enabled_plugins").write_text("[rabbitmq_stomp].\n")
+        (Path(self.dir) / "enabled_plugins").write_text("[rabbitmq_stomp,rabbitmq_web_stomp].\n")
         self.node = f"postbox-compare-{os.getpid()}@localhost"
         env = dict(os.environ,
                    RABBITMQ_NODENAME=self.node,
@@ -113,16 +146,22 @@ class RabbitMQ:
                    RABBITMQ_DIST_PORT=str(free_port()),
                    RABBITMQ_NODE_IP_ADDRESS="127.0.0.1")
         self.env = env
-        self.process = subprocess.Popen(["rabbitmq-server"], env=env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(stomp, 120, self.process)
+        self.output = Path(self.dir) / "server.out"
+        with open(self.output, "w") as output:
+            self.process = subprocess.Popen(["rabbitmq-server"], env=env,
+                                            stdout=output, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(stomp, 120, self.process)
+        except RuntimeError as error:
+            tail = self.output.read_text()[-2000:]
+            raise RuntimeError(f"rabbitmq-server: {error}\n{tail}") from error
+        wait_for_port(web_stomp, 60, self.process)
         self.addr = f"127.0.0.1:{stomp}"
+        self.ws_addr = f"127.0.0.1:{web_stomp}"
 
-    def rss_kib(self):
-        # The Erlang VM is a child of the rabbitmq-server wrapper script.
-        out = subprocess.run(["pgrep", "-f", f"beam.*{self.node}"], capture_output=True, text=True)
-        pids = [int(p) for p in out.stdout.split()]
-        return sum(read_rss(p) for p in pids) if pids else 0
+    def pid(self):
+        # The Erlang VM is a descendant of the rabbitmq-server wrapper scripts.
+        return descendant(self.process.pid, "beam.smp")
 
     def stop(self):
         subprocess.run(["rabbitmqctl", "-n", self.node, "stop"], env=self.env,
@@ -134,45 +173,112 @@ class RabbitMQ:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def read_rss(pid):
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+class ActiveMQ:
+    name = "activemq"
+    credentials = []
+    JAR = Path("/usr/share/activemq/bin/activemq.jar")
+
+    def start(self):
+        if not self.JAR.exists() or not shutil.which("java"):
+            raise RuntimeError("activemq is not installed (apt-get install -y activemq)")
+        self.dir = Path(tempfile.mkdtemp(prefix="postbox-compare-activemq-"))
+        conf, data = self.dir / "conf", self.dir / "data"
+        conf.mkdir()
+        data.mkdir()
+        stomp = free_port()
+        # Debian's stock broker definition (KahaDB store, no JMX) with a STOMP connector.
+        stock = Path("/etc/activemq/instances-available/main")
+        xml = (stock / "activemq.xml").read_text()
+        connectors = (f'<transportConnector name="openwire" uri="tcp://127.0.0.1:{free_port()}"/>'
+                      f'<transportConnector name="stomp" uri="stomp://127.0.0.1:{stomp}"/>')
+        xml = re.sub(r"<transportConnectors>.*?</transportConnectors>",
+                     f"<transportConnectors>{connectors}</transportConnectors>", xml, flags=re.S)
+        (conf / "activemq.xml").write_text(xml)
+        shutil.copy(stock / "log4j2.properties", conf)
+        # The JVM options of Debian's /usr/share/activemq/activemq-options.
+        self.process = subprocess.Popen(
+            ["java", "-Xms512M", "-Xmx512M", "-Dorg.apache.activemq.UseDedicatedTaskRunner=true",
+             "-Dactivemq.home=/usr/share/activemq", f"-Dactivemq.base={self.dir}",
+             f"-Dactivemq.conf={conf}", f"-Dactivemq.data={data}", f"-Djava.io.tmpdir={data}",
+             "-jar", str(self.JAR), "start", f"xbean:file:{conf / 'activemq.xml'}"],
+            cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(stomp, 120, self.process)
+        self.addr = f"127.0.0.1:{stomp}"
+        self.ws_addr = None
+
+    def pid(self):
+        return self.process.pid
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def descendant(root, name):
+    """The pid of the first process called `name` under `root`, or None."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        ppid = int(text[text.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append((int(stat.parent.name), comm))
+    todo = [root]
+    while todo:
+        for pid, comm in children.get(todo.pop(), []):
+            if comm == name:
+                return pid
+            todo.append(pid)
+    return None
 
 
 def run_scenario(broker, scenario, duration):
-    args, figure, _, _ = SCENARIOS[scenario]
+    """One run: the figures of the scenario's rows, or an error."""
+    args, ws, rows = SCENARIOS[scenario]
+    if ws and not broker.ws_addr:
+        return None, "n/a"
     bench = ROOT / "target" / "release" / "postbox-bench"
-    command = [str(bench), *args, "--addr", broker.addr, *broker.credentials,
-               "--duration", str(duration), "--warmup", "2", "--json"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120)
+    command = [str(bench), *args, "--addr", broker.ws_addr if ws else broker.addr,
+               *broker.credentials, "--json"]
+    if ws:
+        command.append("--ws")
+    if args[0] == "connections":
+        command += ["--broker-pid", str(broker.pid())]
+    else:
+        command += ["--duration", str(duration), "--warmup", "2"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=duration + 300)
+    except subprocess.TimeoutExpired:
+        return None, f"no result within {duration + 300:g} s"
     if result.returncode != 0:
-        return None, result.stderr.strip()
+        return None, result.stderr.strip()[-300:]
     report = json.loads(result.stdout)
-    value = report["latency_us"]["p99"] if figure == "p99_us" else report[figure]
     if report.get("duplicates") or report.get("missing"):
         return None, f"duplicates {report.get('duplicates')} missing {report.get('missing')}"
-    return value, None
+    return [figure(report) for _, figure, _, _ in rows], None
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10)
-    parser.add_argument("--brokers", default="postbox,rabbitmq")
+    parser.add_argument("--brokers", default="postbox,rabbitmq,activemq")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     options = parser.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "postbox-broker", "-p", "postbox-bench"],
                    cwd=ROOT, check=True)
-    available = {"postbox": Postbox, "rabbitmq": RabbitMQ}
+    available = {"postbox": Postbox, "rabbitmq": RabbitMQ, "activemq": ActiveMQ}
     brokers = [available[name]() for name in options.brokers.split(",")]
     scenarios = options.scenarios.split(",")
     results = {(b.name, s): [] for b in brokers for s in scenarios}
+    not_applicable = set()
     errors = []
     started = []
     try:
@@ -184,7 +290,9 @@ def main():
             for scenario in scenarios:
                 for broker in brokers:
                     value, error = run_scenario(broker, scenario, options.duration)
-                    if error:
+                    if error == "n/a":
+                        not_applicable.add((broker.name, scenario))
+                    elif error:
                         errors.append(f"{broker.name} {scenario} run {run + 1}: {error}")
                     else:
                         results[(broker.name, scenario)].append(value)
@@ -200,16 +308,27 @@ def main():
         header += [f"{names[0]}/{n}" for n in names[1:]]
     rows = []
     for scenario in scenarios:
-        _, _, unit, higher = SCENARIOS[scenario]
-        medians = [statistics.median(results[(n, scenario)]) if results[(n, scenario)] else None for n in names]
-        row = [scenario, unit] + [f"{m:,.0f}" if m is not None else "failed" for m in medians]
-        for other in medians[1:]:
-            if medians[0] and other:
-                ratio = medians[0] / other if higher else other / medians[0]
-                row.append(f"{ratio:.1f}x")
-            else:
-                row.append("-")
-        rows.append(row)
+        for index, (row_name, _, unit, higher) in enumerate(SCENARIOS[scenario][2]):
+            medians = []
+            for n in names:
+                values = [run[index] for run in results[(n, scenario)] if run[index] is not None]
+                medians.append(statistics.median(values) if values else None)
+            cells = []
+            for n, m in zip(names, medians):
+                if (n, scenario) in not_applicable:
+                    cells.append("n/a")
+                elif m is None:
+                    cells.append("failed")
+                else:
+                    cells.append(f"{m:,.1f}" if m < 100 else f"{m:,.0f}")
+            row = [row_name, unit, *cells]
+            for other in medians[1:]:
+                if medians[0] and other:
+                    ratio = medians[0] / other if higher else other / medians[0]
+                    row.append(f"{ratio:.1f}x")
+                else:
+                    row.append("-")
+            rows.append(row)
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print(f"medians of {options.runs} runs of {options.duration:g}s; ratios > 1 mean {names[0]} is better")
     for row in [header, *rows]:

@@ -109,26 +109,47 @@ pub async fn run(target: &Target, options: &Options) -> io::Result<Outcome> {
     }
     let connects_per_sec = options.count as f64 / started.elapsed().as_secs_f64();
 
-    // Phase 2: subscribe them all, then let each wait for broadcasts.
+    // Phase 2: subscribe them all at once, each waiting for its receipt, then let each
+    // wait for broadcasts.
     let (arrivals, mut arrived) = mpsc::unbounded_channel::<Instant>();
+    let (subscribed_tx, mut subscribed) = mpsc::unbounded_channel::<io::Result<()>>();
     let mut readers = Vec::with_capacity(options.count);
-    let mut writers = Vec::with_capacity(options.count);
     for (mut reader, mut writer) in connections {
         let subscribe = Frame::new(Command::Subscribe)
             .header("id", "0")
             .header("destination", topic.as_str())
             .header("receipt", "s");
-        writer.send(&subscribe).await?;
-        reader.expect(Command::Receipt).await?;
         let arrivals = arrivals.clone();
+        let subscribed_tx = subscribed_tx.clone();
         readers.push(tokio::spawn(async move {
+            let done = async {
+                writer.send(&subscribe).await?;
+                reader.expect(Command::Receipt).await.map(drop)
+            }
+            .await;
+            let failed = done.is_err();
+            let _ = subscribed_tx.send(done);
+            if failed {
+                return;
+            }
             while let Ok(Some(frame)) = reader.next().await {
                 if frame.command == Command::Message && arrivals.send(Instant::now()).is_err() {
                     break;
                 }
             }
+            drop(writer);
         }));
-        writers.push(writer);
+    }
+    for _ in 0..options.count {
+        match tokio::time::timeout(Duration::from_secs(120), subscribed.recv()).await {
+            Ok(Some(Ok(()))) => {}
+            Ok(Some(Err(error))) => return Err(error),
+            _ => {
+                return Err(io::Error::other(
+                    "subscriptions were not confirmed in 120 s",
+                ));
+            }
+        }
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let rss_per_connection = match (rss_before, options.broker_pid.and_then(rss)) {
@@ -167,7 +188,6 @@ pub async fn run(target: &Target, options: &Options) -> io::Result<Outcome> {
     for reader in readers {
         reader.abort();
     }
-    drop(writers);
     Ok(Outcome {
         connects_per_sec,
         rss_per_connection,

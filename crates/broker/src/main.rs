@@ -219,10 +219,13 @@ fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard 
         .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
     // Batched: the writer thread flushes when its queue runs dry, one write for many lines.
-    let (writer, guard) = tracing_appender::non_blocking(std::io::BufWriter::with_capacity(
-        64 * 1024,
-        std::io::stderr(),
-    ));
+    // 16k queued lines (the default is 128k slots, 4 MiB, touched as lines pass through).
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(16 * 1024)
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -535,7 +535,9 @@ impl Router {
                 }
                 Offer::Full(back) => {
                     queued = back;
-                    queue.room().await;
+                    // Boxed: rare, and its waiter would otherwise be part of every
+                    // session's task (see the broker's per-connection memory).
+                    Box::pin(queue.room()).await;
                 }
                 Offer::Deleted(back) => {
                     queued = back;

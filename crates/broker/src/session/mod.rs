@@ -539,20 +539,7 @@ impl Session {
             let receipt = frame.headers.get_shared(names::RECEIPT).cloned();
             // Most frames are handled without waiting: one poll settles them, and only
             // one that has to wait (a full queue, the cluster) races the stop signals.
-            let handled = {
-                let handling = self.handle(frame);
-                let mut handling = std::pin::pin!(handling);
-                match poll_once(handling.as_mut()).await {
-                    Some(result) => Ok(result),
-                    None => tokio::select! {
-                        biased;
-                        _ = done.cancelled() => Err(Interrupted::WriterGone),
-                        _ = outbox.closed() => Err(Interrupted::Killed),
-                        _ = shutdown.cancelled() => Err(Interrupted::Shutdown),
-                        result = &mut handling => Ok(result),
-                    },
-                }
-            };
+            let handled = self.handle_or_stop(frame, shutdown, done).await;
             let result = match handled {
                 Ok(result) => result,
                 Err(Interrupted::WriterGone) => return ReaderEnd::WriterGone,
@@ -574,6 +561,28 @@ impl Session {
                 }
                 Err(error) => return self.fail(error, receipt.as_deref()),
             }
+        }
+    }
+
+    /// Handles `frame` unless a stop signal comes while it waits.
+    async fn handle_or_stop(
+        &mut self,
+        frame: Frame,
+        shutdown: &CancellationToken,
+        done: &CancellationToken,
+    ) -> Result<Result<Flow, SessionError>, Interrupted> {
+        let outbox = self.outbox.clone();
+        let handling = self.handle(frame);
+        let mut handling = std::pin::pin!(handling);
+        match poll_once(handling.as_mut()).await {
+            Some(result) => Ok(result),
+            None => tokio::select! {
+                biased;
+                _ = done.cancelled() => Err(Interrupted::WriterGone),
+                _ = outbox.closed() => Err(Interrupted::Killed),
+                _ = shutdown.cancelled() => Err(Interrupted::Shutdown),
+                result = &mut handling => Ok(result),
+            },
         }
     }
 

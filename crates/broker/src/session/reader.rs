@@ -16,8 +16,11 @@ use tokio_util::io::poll_read_buf;
 
 use crate::registry::Traffic;
 
-/// Read buffer growth step; also its size for a connection that is sending.
-const READ_CHUNK: usize = 8 * 1024;
+/// The first read buffer of a connection: enough for CONNECT and SUBSCRIBE frames, so
+/// thousands of connections opening at once do not each take a large one.
+const FIRST_CHUNK: usize = 1024;
+/// The most a read buffer grows by at a time, for a connection that keeps it full.
+const MAX_CHUNK: usize = 64 * 1024;
 
 /// Why no item could be read.
 #[derive(Debug)]
@@ -35,6 +38,8 @@ pub enum ReadError {
 pub struct FrameReader<R> {
     io: R,
     buf: BytesMut,
+    /// How much the buffer grows by next: doubles while reads fill it.
+    chunk: usize,
     codec: StompCodec,
     traffic: Arc<Traffic>,
 }
@@ -45,6 +50,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader {
             io,
             buf: BytesMut::new(),
+            chunk: FIRST_CHUNK,
             codec,
             traffic,
         }
@@ -72,7 +78,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(item) = self.buffered()? {
                 return Ok(Some(item));
             }
-            let read = read_some(&mut self.io, &mut self.buf);
+            let room = self.buf.capacity() - self.buf.len();
+            let read = read_some(&mut self.io, &mut self.buf, self.chunk);
             let n = match silence {
                 Some(limit) => tokio::time::timeout(limit, read)
                     .await
@@ -83,18 +90,26 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if n == 0 {
                 return Ok(None);
             }
+            if n >= room.max(self.chunk / 2) {
+                // The read took all there was room for: the peer sends more than fits.
+                self.chunk = (self.chunk * 2).min(MAX_CHUNK);
+            }
             self.traffic.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 }
 
-/// Reads what the transport has into `buf`, growing it by [`READ_CHUNK`] when it is
-/// nearly full. While nothing can be read and `buf` holds no partial frame, the buffer
-/// is released: it is allocated again when bytes arrive.
-async fn read_some<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
+/// Reads what the transport has into `buf`, growing it by `chunk` when it is nearly
+/// full. While nothing can be read and `buf` holds no partial frame, the buffer is
+/// released: it is allocated again when bytes arrive.
+async fn read_some<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    chunk: usize,
+) -> io::Result<usize> {
     poll_fn(|cx| {
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
+        if buf.capacity() - buf.len() < chunk / 4 {
+            buf.reserve(chunk);
         }
         let polled = poll_read_buf(Pin::new(&mut *io), cx, buf);
         if polled.is_pending() && buf.is_empty() && buf.capacity() > 0 {

@@ -94,7 +94,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 tokio::select! {
                     biased;
                     _ = &mut aborted => return WriterEnd::Aborted,
-                    _ = &mut killed => return self.kill().await,
+                    _ = &mut killed => return Box::pin(self.kill()).await,
                     more = self.rx.recv_all(&mut batch) => {
                         if !more {
                             return WriterEnd::Aborted;
@@ -132,12 +132,14 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             }
             let bytes = self.buf.len() as u64;
             let written = if close {
-                self.finish().await
+                // Boxed, as is `kill`: once per connection, and their timers would
+                // otherwise be part of every idle session's task.
+                Box::pin(self.finish()).await
             } else {
                 tokio::select! {
                     biased;
                     _ = &mut aborted => return WriterEnd::Aborted,
-                    _ = &mut killed => return self.kill().await,
+                    _ = &mut killed => return Box::pin(self.kill()).await,
                     result = write_out(&mut self.io, &mut self.buf) => result,
                 }
             };
