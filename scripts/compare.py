@@ -148,7 +148,7 @@ class RabbitMQ:
         self.env = env
         self.output = Path(self.dir) / "server.out"
         with open(self.output, "w") as output:
-            self.process = subprocess.Popen(["rabbitmq-server"], env=env,
+            self.process = subprocess.Popen(rabbitmq_command(), env=env,
                                             stdout=output, stderr=subprocess.STDOUT)
         try:
             wait_for_port(stomp, 120, self.process)
@@ -216,6 +216,29 @@ class ActiveMQ:
         except subprocess.TimeoutExpired:
             self.process.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def rabbitmq_command():
+    """How to start rabbitmq-server with as many file descriptors as this shell may open.
+
+    Run as root, Debian's wrapper switches to the rabbitmq user with `su`, whose PAM
+    session drops the soft open-files limit back to 1024; RabbitMQ then raises its file
+    descriptor alarm and stops accepting at about 900 connections. Debian's systemd unit
+    sets a high limit, so the fair comparison does the same: switch user ourselves and
+    raise the soft limit to the hard one before starting the node.
+    """
+    import pwd
+    import resource
+    try:
+        pwd.getpwnam("rabbitmq")
+    except KeyError:
+        return ["rabbitmq-server"]
+    if os.geteuid() != 0:
+        return ["rabbitmq-server"]
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limit = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    script = f"ulimit -n {limit} && cd /var/lib/rabbitmq && exec /usr/lib/rabbitmq/bin/rabbitmq-server"
+    return ["su", "rabbitmq", "-s", "/bin/sh", "-c", script]
 
 
 def descendant(root, name):

@@ -76,6 +76,9 @@ pub fn rss(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// How long one connection may take from connect() to CONNECTED before the run fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub async fn run(target: &Target, options: &Options) -> io::Result<Outcome> {
     let topic = crate::unique_destination("/topic/bench.broadcast");
     let rss_before = options.broker_pid.and_then(rss);
@@ -98,7 +101,21 @@ pub async fn run(target: &Target, options: &Options) -> io::Result<Outcome> {
             1 + (index % usize::from(options.sources)) as u8,
         ));
         opening.push(tokio::spawn(async move {
-            let connected = conn::connect_from(&target, Some(source)).await;
+            let connected = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                conn::connect_from(&target, Some(source)),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "connection {index} got no CONNECTED within {} s \
+                         (the broker stopped accepting: check its open-files limit)",
+                        CONNECT_TIMEOUT.as_secs()
+                    ),
+                ))
+            });
             drop(permit);
             connected
         }));
