@@ -101,21 +101,19 @@ pub async fn run(target: &Target, options: &Options) -> io::Result<Outcome> {
             1 + (index % usize::from(options.sources)) as u8,
         ));
         opening.push(tokio::spawn(async move {
-            let connected = tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                conn::connect_from(&target, Some(source)),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "connection {index} got no CONNECTED within {} s \
+            let connected =
+                tokio::time::timeout(CONNECT_TIMEOUT, conn::connect_from(&target, Some(source)))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "connection {index} got no CONNECTED within {} s \
                          (the broker stopped accepting: check its open-files limit)",
-                        CONNECT_TIMEOUT.as_secs()
-                    ),
-                ))
-            });
+                                CONNECT_TIMEOUT.as_secs()
+                            ),
+                        ))
+                    });
             drop(permit);
             connected
         }));

@@ -106,7 +106,7 @@ fn send_path(c: &mut Criterion) {
     group.bench_function("publish_to_10", |b| {
         b.iter(|| {
             runtime
-                .block_on(router.publish(destination.clone(), &headers, body.clone()))
+                .block_on(router.publish(destination.clone(), headers.clone(), body.clone()))
                 .expect("published");
             black_box(drain(&mut subs))
         })

@@ -23,6 +23,7 @@ pub mod queue;
 pub mod relay;
 pub mod router;
 pub mod topic;
+mod unacked;
 
 pub use destination::{Destination, Kind};
 pub use error::RouteError;

@@ -2,11 +2,11 @@
 
 use std::sync::OnceLock;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use postbox_stomp::headers::names;
 use postbox_stomp::{ByteString, Headers, Version, encode};
 
-use crate::Destination;
+use crate::{Destination, Kind};
 
 /// Headers a client may not carry from SEND into MESSAGE: the broker sets them per
 /// message or per delivery, or they only concern the SEND frame itself.
@@ -50,10 +50,9 @@ impl Message {
     pub fn from_send(
         id: ByteString,
         destination: Destination,
-        send: &Headers,
+        mut headers: Headers,
         body: Bytes,
     ) -> Message {
-        let mut headers = send.clone();
         headers.retain(|name, _| !RESERVED.contains(&name));
         Message::new(id, destination, headers, body)
     }
@@ -89,15 +88,28 @@ impl Message {
         self.destination.as_str().len() + self.id.len() + headers + self.body.len() + 64
     }
 
+    /// Appends the end of the MESSAGE frame (see [`Message::wire_tail`]) to `dst`. A
+    /// topic message is encoded once and copied per subscriber; a queue message usually
+    /// goes to a single consumer, so it is encoded straight into `dst`.
+    pub fn put_wire_tail(&self, version: Version, dst: &mut BytesMut) {
+        let cached = self.tails[version_slot(version)].get();
+        match cached {
+            None if self.destination.kind() != Kind::Topic => encode::put_message_tail(
+                self.destination.as_str(),
+                &self.id,
+                &self.headers,
+                &self.body,
+                version,
+                dst,
+            ),
+            _ => dst.extend_from_slice(self.wire_tail(version)),
+        }
+    }
+
     /// The end of the MESSAGE frame, identical for every subscriber speaking `version`:
     /// see [`encode::message_tail`]. Encoded on first use, then shared.
     pub fn wire_tail(&self, version: Version) -> &Bytes {
-        let slot = match version {
-            Version::V1_0 => &self.tails[0],
-            Version::V1_1 => &self.tails[1],
-            Version::V1_2 => &self.tails[2],
-        };
-        slot.get_or_init(|| {
+        self.tails[version_slot(version)].get_or_init(|| {
             encode::message_tail(
                 self.destination.as_str(),
                 &self.id,
@@ -106,6 +118,15 @@ impl Message {
                 version,
             )
         })
+    }
+}
+
+/// Where a version's encoded tail is kept.
+fn version_slot(version: Version) -> usize {
+    match version {
+        Version::V1_0 => 0,
+        Version::V1_1 => 1,
+        Version::V1_2 => 2,
     }
 }
 
@@ -127,7 +148,7 @@ mod tests {
         .into_iter()
         .collect();
         let destination = Destination::parse(&"/topic/a".into()).unwrap();
-        let message = Message::from_send("m-1".into(), destination, &send, Bytes::from("abc"));
+        let message = Message::from_send("m-1".into(), destination, send, Bytes::from("abc"));
         let kept: Vec<_> = message.headers().iter().collect();
         assert_eq!(kept, [("content-type", "text/plain"), ("x-custom", "1")]);
     }

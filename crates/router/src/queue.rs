@@ -10,7 +10,7 @@
 //! other lock is taken while a queue's state is locked; pushing into an outbox does not
 //! block.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::outbox::{CloseReason, Delivery, Outbox};
 use crate::relay::{QueueStore, StoreReceipt};
+use crate::unacked::Unacked;
 use crate::{AckMode, Destination, Message};
 
 /// What a queue does when a message arrives and it is full.
@@ -235,7 +236,7 @@ struct Consumer {
     ack: AckMode,
     prefetch: usize,
     /// Delivered and not yet acknowledged, by delivery tag (tags only grow).
-    unacked: BTreeMap<u64, Queued>,
+    unacked: Unacked,
 }
 
 impl Consumer {
@@ -359,7 +360,12 @@ impl Queue {
         state
             .ready
             .iter()
-            .chain(state.consumers.iter().flat_map(|c| c.unacked.values()))
+            .chain(
+                state
+                    .consumers
+                    .iter()
+                    .flat_map(|c| c.unacked.iter().map(|(_, q)| q)),
+            )
             .filter_map(|q| q.receipt.clone())
             .collect()
     }
@@ -494,7 +500,7 @@ impl Queue {
             subscription,
             ack,
             prefetch,
-            unacked: BTreeMap::new(),
+            unacked: Unacked::default(),
         });
         self.dispatch(&mut state);
     }
@@ -642,7 +648,7 @@ impl Queue {
             .unacked
             .iter()
             .find(|(_, q)| q.message.id() == message_id)
-            .map(|(tag, _)| *tag)
+            .map(|(tag, _)| tag)
     }
 
     /// Auto-acknowledged deliveries were written.
@@ -655,7 +661,7 @@ impl Queue {
             .ok_or(UnknownAck)?;
         let settled: Vec<Queued> = tags
             .iter()
-            .filter_map(|tag| consumer.unacked.remove(tag))
+            .filter_map(|&tag| consumer.unacked.remove(tag))
             .collect();
         self.count(|s| &s.acked, settled.len() as u64);
         self.dispatch(&mut state);
@@ -757,20 +763,13 @@ impl Queue {
 }
 
 /// Takes `tag` (and every earlier one when `cumulative`) out of `unacked`.
-fn take(
-    unacked: &mut BTreeMap<u64, Queued>,
-    tag: u64,
-    cumulative: bool,
-) -> Result<Vec<Queued>, UnknownAck> {
-    if !unacked.contains_key(&tag) {
-        return Err(UnknownAck);
-    }
-    if !cumulative {
-        return Ok(vec![unacked.remove(&tag).expect("checked")]);
-    }
-    let rest = unacked.split_off(&(tag + 1));
-    let taken = std::mem::replace(unacked, rest);
-    Ok(taken.into_values().collect())
+fn take(unacked: &mut Unacked, tag: u64, cumulative: bool) -> Result<Vec<Queued>, UnknownAck> {
+    let taken = if cumulative {
+        unacked.remove_through(tag)
+    } else {
+        unacked.remove(tag).map(|item| vec![item])
+    };
+    taken.ok_or(UnknownAck)
 }
 
 /// The `ack` header value of a delivery: the consumer key and the delivery tag.

@@ -434,10 +434,14 @@ impl Router {
     /// A new broker-wide unique message id.
     pub fn next_message_id(&self) -> ByteString {
         let n = self.shared.next_message.fetch_add(1, Ordering::Relaxed);
-        let mut id = String::with_capacity(self.shared.config.node_id.len() + 12);
-        id.push_str(&self.shared.config.node_id);
+        let mut number = itoa::Buffer::new();
+        let number = number.format(n);
+        let node = &self.shared.config.node_id;
+        // Exactly sized, so the bytes become the ByteString without a second allocation.
+        let mut id = String::with_capacity(node.len() + 1 + number.len());
+        id.push_str(node);
         id.push('-');
-        id.push_str(itoa::Buffer::new().format(n));
+        id.push_str(number);
         ByteString::from(id)
     }
 
@@ -447,7 +451,7 @@ impl Router {
     pub async fn publish(
         &self,
         destination: Destination,
-        headers: &Headers,
+        headers: Headers,
         body: Bytes,
     ) -> Result<Arc<Message>, RouteError> {
         let ttl = match headers.get("expiration") {

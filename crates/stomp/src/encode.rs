@@ -71,23 +71,35 @@ pub fn message_tail(
     body: &[u8],
     version: Version,
 ) -> Bytes {
+    let mut dst = BytesMut::new();
+    put_message_tail(destination, message_id, headers, body, version, &mut dst);
+    dst.freeze()
+}
+
+/// Appends a [`message_tail`] to `dst`: for a message only one subscriber receives,
+/// where encoding it separately would only add a copy.
+pub fn put_message_tail(
+    destination: &str,
+    message_id: &str,
+    headers: &Headers,
+    body: &[u8],
+    version: Version,
+    dst: &mut BytesMut,
+) {
     let escaping = Escaping::for_frame(version, Command::Message);
     let header_len: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
-    let mut dst = BytesMut::with_capacity(
-        destination.len() + message_id.len() + 26 + header_len + 36 + body.len() + 2,
-    );
-    put_header(names::DESTINATION, destination, escaping, &mut dst);
-    put_header(names::MESSAGE_ID, message_id, escaping, &mut dst);
+    dst.reserve(destination.len() + message_id.len() + 26 + header_len + 36 + body.len() + 2);
+    put_header(names::DESTINATION, destination, escaping, dst);
+    put_header(names::MESSAGE_ID, message_id, escaping, dst);
     for (name, value) in headers.iter() {
         if name != names::CONTENT_LENGTH {
-            put_header(name, value, escaping, &mut dst);
+            put_header(name, value, escaping, dst);
         }
     }
-    put_content_length(body.len(), &mut dst);
+    put_content_length(body.len(), dst);
     dst.put_u8(b'\n');
     dst.put_slice(body);
     dst.put_u8(0);
-    dst.freeze()
 }
 
 /// Writes the start of a MESSAGE frame for one subscriber: the command line and the

@@ -714,7 +714,7 @@ impl Session {
             return Ok(Flow::Continue);
         }
         self.router
-            .publish(destination, &frame.headers, frame.body)
+            .publish(destination, frame.headers, frame.body)
             .await?;
         Ok(Flow::Continue)
     }
@@ -974,7 +974,7 @@ impl Session {
             match item {
                 Staged::Send(destination, send) => {
                     self.router
-                        .publish(destination, &send.headers, send.body)
+                        .publish(destination, send.headers, send.body)
                         .await?;
                 }
                 Staged::Ack(ack) => self.apply_ack(ack)?,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use postbox_router::{Delivery, Notification, Outbox, OutboxReceiver, Settle};
 use postbox_stomp::headers::names;
 use postbox_stomp::{Version, encode};
@@ -167,7 +167,6 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 
     /// Writes a MESSAGE: the per-subscription head, then the shared tail.
     fn put_delivery(&mut self, delivery: &Delivery) {
-        let tail = delivery.message.wire_tail(self.version);
         let mut head: [(&str, &str); 3] = [("", ""); 3];
         let mut n = 0;
         head[n] = (names::SUBSCRIPTION, &delivery.subscription);
@@ -181,9 +180,9 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             n += 1;
         }
         self.buf
-            .reserve(32 + delivery.subscription.len() + tail.len());
+            .reserve(32 + delivery.subscription.len() + delivery.message.wire_size());
         encode::put_message_head(&head[..n], self.version, &mut self.buf);
-        self.buf.put_slice(tail);
+        delivery.message.put_wire_tail(self.version, &mut self.buf);
     }
 
     /// Writes what is buffered and closes, within [`CLOSE_TIMEOUT`].
