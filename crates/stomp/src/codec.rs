@@ -9,6 +9,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
 use tokio_util::codec::{Decoder, Encoder};
 
+use crate::headers::names;
 use crate::parse::{self, HeaderSpan, ParseError};
 use crate::{Command, Escaping, Frame, FrameError, Headers, Item, Version, encode};
 
@@ -274,7 +275,10 @@ impl StompCodec {
         let escaping = Escaping::for_frame(self.version, command);
         let mut headers = Headers::with_capacity(self.spans.len());
         for span in &self.spans {
-            let name = header_text(&bytes, span.name.clone(), escaping, span.line)?;
+            let name = match well_known_name(&bytes[span.name.clone()]) {
+                Some(name) => ByteString::from_static(name),
+                None => header_text(&bytes, span.name.clone(), escaping, span.line)?,
+            };
             let value = header_text(&bytes, span.value.clone(), escaping, span.line)?;
             headers.push(name, value);
         }
@@ -291,6 +295,27 @@ impl Default for StompCodec {
     fn default() -> StompCodec {
         StompCodec::new(Version::V1_2, Limits::default())
     }
+}
+
+/// The static spelling of a header name most frames carry: such names then cost no
+/// reference to the read buffer (whose count is an atomic shared with the reader).
+fn well_known_name(raw: &[u8]) -> Option<&'static str> {
+    Some(match raw {
+        b"destination" => names::DESTINATION,
+        b"content-length" => names::CONTENT_LENGTH,
+        b"content-type" => names::CONTENT_TYPE,
+        b"receipt" => names::RECEIPT,
+        b"id" => names::ID,
+        b"ack" => names::ACK,
+        b"subscription" => names::SUBSCRIPTION,
+        b"message-id" => names::MESSAGE_ID,
+        b"transaction" => names::TRANSACTION,
+        b"reply-to" => "reply-to",
+        b"persistent" => "persistent",
+        b"expiration" => "expiration",
+        b"priority" => "priority",
+        _ => return None,
+    })
 }
 
 /// Unescapes one header name or value and checks it is UTF-8, sharing `bytes` if possible.
