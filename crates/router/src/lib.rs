@@ -29,9 +29,7 @@ pub use destination::{Destination, Kind};
 pub use error::RouteError;
 pub use message::Message;
 pub use outbox::{CloseReason, Delivery, Notification, Outbox, OutboxReceiver, PushError, outbox};
-pub use queue::{
-    Overflow, Queue, QueueSettings, QueueStats, Queued, Settle, UnknownAck, parse_ack_id,
-};
+pub use queue::{AckTag, Overflow, Queue, QueueSettings, QueueStats, Queued, Settle, UnknownAck};
 pub use relay::{BoxFuture, NoRelay, QueueStore, Relay, StoreError, StoreReceipt};
 pub use router::{
     AckMode, MAX_PREFETCH, Router, RouterConfig, RouterStats, Subscriber, Subscription, TempQueue,

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::Message;
-use crate::queue::Settle;
+use crate::queue::{AckTag, Settle};
 
 /// Why an outbox was closed from outside its session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +39,7 @@ pub struct Delivery {
     /// The client's subscription `id`.
     pub subscription: ByteString,
     /// The `ack` header to send, for subscriptions that acknowledge.
-    pub ack_id: Option<ByteString>,
+    pub ack: Option<AckTag>,
     /// Whether the message was delivered before (sent as `redelivered:true`).
     pub redelivered: bool,
     /// For auto-acknowledged queue deliveries: to be called once written.
@@ -51,7 +51,7 @@ impl Delivery {
     pub fn cost(&self) -> usize {
         self.message.wire_size()
             + self.subscription.len()
-            + self.ack_id.as_ref().map_or(0, |id| id.len() + 8)
+            + self.ack.map_or(0, |_| AckTag::MAX_LEN + 5)
     }
 }
 
@@ -332,7 +332,7 @@ mod tests {
         Delivery {
             message: Arc::new(message),
             subscription: "s".into(),
-            ack_id: None,
+            ack: None,
             redelivered: false,
             settle: None,
         }

@@ -707,7 +707,8 @@ impl Queue {
     /// Serves ready messages to consumers with credit, round-robin.
     fn dispatch(self: &Arc<Queue>, state: &mut State) {
         let before = state.ready.len();
-        let now = Instant::now();
+        // Read the clock only if some message can expire.
+        let mut now = None;
         while !state.ready.is_empty() && !state.consumers.is_empty() {
             let count = state.consumers.len();
             let Some(index) = (0..count)
@@ -718,7 +719,10 @@ impl Queue {
             };
             let mut item = state.ready.pop_front().expect("not empty");
             state.ready_bytes -= item.size();
-            if item.expired(now) {
+            if item
+                .expires_at
+                .is_some_and(|at| at <= *now.get_or_insert_with(Instant::now))
+            {
                 self.count(|s| &s.expired, 1);
                 // Rare, and the store only queues the request: fine under the lock.
                 self.settle_in_store([item]);
@@ -731,7 +735,10 @@ impl Queue {
             let delivery = Delivery {
                 message: item.message.clone(),
                 subscription: consumer.subscription.clone(),
-                ack_id: (!auto).then(|| ack_id(consumer.key, tag)),
+                ack: (!auto).then_some(AckTag {
+                    consumer: consumer.key,
+                    tag,
+                }),
                 redelivered: item.deliveries > 1,
                 settle: auto.then(|| Settle {
                     queue: self.clone(),
@@ -772,20 +779,41 @@ fn take(unacked: &mut Unacked, tag: u64, cumulative: bool) -> Result<Vec<Queued>
     taken.ok_or(UnknownAck)
 }
 
-/// The `ack` header value of a delivery: the consumer key and the delivery tag.
-pub fn ack_id(consumer: u64, tag: u64) -> ByteString {
-    let mut buffer = itoa::Buffer::new();
-    let mut id = String::with_capacity(24);
-    id.push_str(buffer.format(consumer));
-    id.push('.');
-    id.push_str(buffer.format(tag));
-    ByteString::from(id)
+/// What a client acknowledges a queue delivery by: the consumer it went to and its
+/// delivery tag, sent as the `ack` header `<consumer>.<tag>`. Kept as numbers until the
+/// writer puts them on the wire, so a delivery allocates no text for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckTag {
+    /// The consumer's key in its session.
+    pub consumer: u64,
+    /// The delivery tag.
+    pub tag: u64,
 }
 
-/// Splits an `ack` header value into consumer key and delivery tag.
-pub fn parse_ack_id(id: &str) -> Option<(u64, u64)> {
-    let (consumer, tag) = id.split_once('.')?;
-    Some((consumer.parse().ok()?, tag.parse().ok()?))
+impl AckTag {
+    /// The longest header value: two 20-digit numbers and the dot.
+    pub const MAX_LEN: usize = 41;
+
+    /// Reads an `ack`/`id` header value written by [`AckTag::write`].
+    pub fn parse(id: &str) -> Option<AckTag> {
+        let (consumer, tag) = id.split_once('.')?;
+        Some(AckTag {
+            consumer: consumer.parse().ok()?,
+            tag: tag.parse().ok()?,
+        })
+    }
+
+    /// Writes the header value into `buf` and returns it.
+    pub fn write(self, buf: &mut [u8; AckTag::MAX_LEN]) -> &str {
+        let mut numbers = (itoa::Buffer::new(), itoa::Buffer::new());
+        let consumer = numbers.0.format(self.consumer).as_bytes();
+        let tag = numbers.1.format(self.tag).as_bytes();
+        let len = consumer.len() + 1 + tag.len();
+        buf[..consumer.len()].copy_from_slice(consumer);
+        buf[consumer.len()] = b'.';
+        buf[consumer.len() + 1..len].copy_from_slice(tag);
+        std::str::from_utf8(&buf[..len]).expect("digits and a dot")
+    }
 }
 
 #[cfg(test)]
@@ -835,10 +863,8 @@ mod tests {
             let mut out = Vec::new();
             while let Some(Notification::Deliver(delivery)) = self.rx.try_recv() {
                 let tag = delivery
-                    .ack_id
-                    .as_deref()
-                    .and_then(parse_ack_id)
-                    .map(|(_, tag)| tag)
+                    .ack
+                    .map(|ack| ack.tag)
                     .or(delivery.settle.as_ref().map(|s| s.tag))
                     .unwrap();
                 let body = String::from_utf8(delivery.message.body().to_vec()).unwrap();
@@ -849,6 +875,20 @@ mod tests {
 
         fn bodies(&mut self) -> Vec<String> {
             self.received().into_iter().map(|(b, _, _)| b).collect()
+        }
+    }
+
+    #[test]
+    fn ack_tags_read_back_what_they_write() {
+        for (consumer, tag) in [(0, 0), (7, 12345), (u64::MAX, u64::MAX)] {
+            let ack = AckTag { consumer, tag };
+            let mut text = [0; AckTag::MAX_LEN];
+            let written = ack.write(&mut text);
+            assert_eq!(written, format!("{consumer}.{tag}"));
+            assert_eq!(AckTag::parse(written), Some(ack));
+        }
+        for bad in ["", "1", "1.", ".1", "1.x", "-1.2", "1.2.3"] {
+            assert_eq!(AckTag::parse(bad), None, "{bad}");
         }
     }
 
@@ -1049,7 +1089,7 @@ mod tests {
         let Some(Notification::Deliver(mut delivery)) = rx.try_recv() else {
             panic!("no delivery")
         };
-        assert!(delivery.ack_id.is_none());
+        assert!(delivery.ack.is_none());
         assert!(rx.try_recv().is_none(), "prefetch 1 holds the second back");
         delivery.settle.take().unwrap().written();
         assert!(matches!(rx.try_recv(), Some(Notification::Deliver(_))));

@@ -600,7 +600,7 @@ impl Router {
                     let delivery = Delivery {
                         message: message.clone(),
                         subscription: subscription.clone(),
-                        ack_id: None,
+                        ack: None,
                         redelivered: false,
                         settle: None,
                     };

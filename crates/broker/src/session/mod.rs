@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postbox_router::{
-    AckMode, CloseReason, Destination, Kind, Outbox, Router, Subscriber, Subscription, TempQueue,
-    outbox, parse_ack_id,
+    AckMode, AckTag, CloseReason, Destination, Kind, Outbox, Router, Subscriber, Subscription,
+    TempQueue, outbox,
 };
 use postbox_stomp::headers::names;
 use postbox_stomp::{ByteString, Command, Frame, Item, Limits, StompCodec, Version, encode};
@@ -890,7 +890,8 @@ impl Session {
         };
         if self.version == Version::V1_2 {
             let id = required(frame, names::ID)?;
-            let (key, tag) = parse_ack_id(id).ok_or_else(|| unknown(names::ID, id))?;
+            let AckTag { consumer: key, tag } =
+                AckTag::parse(id).ok_or_else(|| unknown(names::ID, id))?;
             let subscription = self
                 .by_key
                 .get(&key)

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use postbox_router::{Delivery, Notification, Outbox, OutboxReceiver, Settle};
+use postbox_router::{AckTag, Delivery, Notification, Outbox, OutboxReceiver, Settle};
 use postbox_stomp::headers::names;
 use postbox_stomp::{Version, encode};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -171,8 +171,9 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         let mut n = 0;
         head[n] = (names::SUBSCRIPTION, &delivery.subscription);
         n += 1;
-        if let Some(ack) = &delivery.ack_id {
-            head[n] = (names::ACK, ack);
+        let mut ack_text = [0; AckTag::MAX_LEN];
+        if let Some(ack) = delivery.ack {
+            head[n] = (names::ACK, ack.write(&mut ack_text));
             n += 1;
         }
         if delivery.redelivered {
