@@ -96,17 +96,17 @@ fn needs_escaping(bytes: &[u8]) -> bool {
     // Non-zero exactly when some byte of `word` is zero.
     let has_zero = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS;
     let has = |word: u64, byte: u8| has_zero(word ^ (ONES * u64::from(byte)));
-    let mut words = bytes.chunks_exact(8);
-    for chunk in &mut words {
-        let word = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
-        if has(word, b'\r') | has(word, b'\n') | has(word, b':') | has(word, b'\\') != 0 {
-            return true;
-        }
+    let special =
+        |word: u64| has(word, b'\r') | has(word, b'\n') | has(word, b':') | has(word, b'\\') != 0;
+    let word_at = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    if bytes.len() < 8 {
+        // Zero padding is not special.
+        let mut padded = [0; 8];
+        padded[..bytes.len()].copy_from_slice(bytes);
+        return special(u64::from_ne_bytes(padded));
     }
-    words
-        .remainder()
-        .iter()
-        .any(|b| matches!(*b, b'\r' | b'\n' | b':' | b'\\'))
+    // Whole words, then one more ending at the last byte (overlapping is harmless).
+    (0..bytes.len() / 8).any(|i| special(word_at(i * 8))) || special(word_at(bytes.len() - 8))
 }
 
 #[cfg(test)]
