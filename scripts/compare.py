@@ -6,7 +6,9 @@ It starts what it needs on loopback, each in a private directory, and stops it a
 end: Postbox from this workspace (release build); RabbitMQ from Debian's
 rabbitmq-server with rabbitmq_stomp and rabbitmq_web_stomp; ActiveMQ from Debian's
 activemq (its STOMP connector; Debian's build has no WebSocket transport, so the ws
-rows say n/a for it).
+rows say n/a for it). The brokers not being measured are paused (SIGSTOP), so each
+measurement has the machine to itself, and each broker is restarted before its
+connections run, so that memory growth is measured from a fresh process.
 
 Usage: scripts/compare.py [--runs 3] [--duration 10] [--brokers postbox,rabbitmq,activemq]
                           [--scenarios fanout-10,...]   (see SCENARIOS below)
@@ -17,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -261,6 +264,14 @@ def descendant(root, name):
     return None
 
 
+def set_running(broker, running):
+    """Pauses (SIGSTOP) or resumes (SIGCONT) a broker's server process, so that the
+    brokers not being measured take no CPU from the one that is."""
+    pid = broker.pid()
+    if pid:
+        os.kill(pid, signal.SIGCONT if running else signal.SIGSTOP)
+
+
 def run_scenario(broker, scenario, duration):
     """One run: the figures of the scenario's rows, or an error."""
     args, ws, rows = SCENARIOS[scenario]
@@ -309,10 +320,24 @@ def main():
             broker.start()
             started.append(broker)
             print(f"# {broker.name} on {broker.addr}", file=sys.stderr)
+        for broker in brokers:
+            set_running(broker, False)
         for run in range(options.runs):
             for scenario in scenarios:
                 for broker in brokers:
-                    value, error = run_scenario(broker, scenario, options.duration)
+                    if scenario == "connections":
+                        # Memory growth is only meaningful from a fresh process: a
+                        # broker that served earlier runs reuses the memory they freed.
+                        set_running(broker, True)
+                        started.remove(broker)
+                        broker.stop()
+                        broker.start()
+                        started.append(broker)
+                    set_running(broker, True)
+                    try:
+                        value, error = run_scenario(broker, scenario, options.duration)
+                    finally:
+                        set_running(broker, False)
                     if error == "n/a":
                         not_applicable.add((broker.name, scenario))
                     elif error:
@@ -323,6 +348,7 @@ def main():
                           file=sys.stderr)
     finally:
         for broker in started:
+            set_running(broker, True)
             broker.stop()
 
     names = [b.name for b in brokers]
