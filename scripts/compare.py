@@ -120,6 +120,17 @@ class RabbitMQ:
     credentials = ["--login", "guest", "--passcode", "guest", "--host", "/"]
 
     def start(self):
+        # The free ports are picked before the node binds them, so another process can
+        # take one meanwhile (the node then refuses to start): try again with new ones.
+        for attempt in range(3):
+            try:
+                return self.start_once()
+            except RuntimeError as error:
+                if attempt == 2:
+                    raise
+                print(f"# rabbitmq did not start, trying again: {str(error)[:200]}", file=sys.stderr)
+
+    def start_once(self):
         if not shutil.which("rabbitmq-server"):
             raise RuntimeError("rabbitmq-server is not installed (apt-get install -y rabbitmq-server)")
         self.dir = tempfile.mkdtemp(prefix="postbox-compare-rabbit-")
@@ -157,6 +168,9 @@ class RabbitMQ:
             wait_for_port(stomp, 120, self.process)
         except RuntimeError as error:
             tail = self.output.read_text()[-2000:]
+            if self.process.poll() is None:
+                self.process.kill()
+            shutil.rmtree(self.dir, ignore_errors=True)
             raise RuntimeError(f"rabbitmq-server: {error}\n{tail}") from error
         wait_for_port(web_stomp, 60, self.process)
         self.addr = f"127.0.0.1:{stomp}"
