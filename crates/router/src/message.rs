@@ -31,17 +31,22 @@ pub struct Message {
     headers: Headers,
     body: Bytes,
     tails: [OnceLock<Bytes>; 3],
+    /// See [`Message::wire_size`]; asked twice per delivery, so computed once.
+    wire_size: usize,
 }
 
 impl Message {
     /// A message with exactly these headers (the caller filtered them).
     pub fn new(id: ByteString, destination: Destination, headers: Headers, body: Bytes) -> Message {
+        let header_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+        let wire_size = destination.as_str().len() + id.len() + header_bytes + body.len() + 64;
         Message {
             id,
             destination,
             headers,
             body,
             tails: Default::default(),
+            wire_size,
         }
     }
 
@@ -80,12 +85,7 @@ impl Message {
     /// The bytes a subscriber's connection will roughly need for this message; used to
     /// bound outbound buffers.
     pub fn wire_size(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| n.len() + v.len() + 2)
-            .sum();
-        self.destination.as_str().len() + self.id.len() + headers + self.body.len() + 64
+        self.wire_size
     }
 
     /// Appends the end of the MESSAGE frame (see [`Message::wire_tail`]) to `dst`. A
