@@ -591,6 +591,15 @@ impl Queue {
             .iter_mut()
             .find(|c| c.key == key)
             .ok_or(UnknownAck)?;
+        if !cumulative {
+            // The common case, one message: no list to build.
+            let taken = consumer.unacked.remove(tag).ok_or(UnknownAck)?;
+            self.count(|s| &s.acked, 1);
+            self.dispatch(&mut state);
+            drop(state);
+            self.settle_in_store([taken]);
+            return Ok(());
+        }
         let taken = take(&mut consumer.unacked, tag, cumulative)?;
         self.count(|s| &s.acked, taken.len() as u64);
         self.dispatch(&mut state);

@@ -450,7 +450,7 @@ struct Acknowledgement {
     /// `None` for ACK; for NACK, whether to requeue.
     nack: Option<bool>,
     /// The header and value that named the message, for errors.
-    named_by: (&'static str, String),
+    named_by: (&'static str, ByteString),
 }
 
 /// The reading side's state: everything the client set up on this connection.
@@ -882,11 +882,16 @@ impl Session {
             what,
             id: error::shorten(id),
         };
-        let found = |subscription: &ByteString, tag: u64, what, id: &str| Acknowledgement {
+        // The naming header is kept as received (no copy); it is only shortened into
+        // text if the acknowledgement fails.
+        let found = |subscription: &ByteString, tag: u64, what: &'static str| Acknowledgement {
             subscription: subscription.clone(),
             tag,
             nack,
-            named_by: (what, error::shorten(id)),
+            named_by: (
+                what,
+                frame.headers.get_shared(what).cloned().unwrap_or_default(),
+            ),
         };
         if self.version == Version::V1_2 {
             let id = required(frame, names::ID)?;
@@ -896,7 +901,7 @@ impl Session {
                 .by_key
                 .get(&key)
                 .ok_or_else(|| unknown(names::ID, id))?;
-            return Ok(found(subscription, tag, names::ID, id));
+            return Ok(found(subscription, tag, names::ID));
         }
         let message_id = required(frame, names::MESSAGE_ID)?;
         let candidates: Vec<&ByteString> = match (self.version, frame.get(names::SUBSCRIPTION)) {
@@ -914,7 +919,7 @@ impl Session {
             .into_iter()
             .find_map(|id| {
                 let tag = self.subscriptions[id].tag_of(message_id)?;
-                Some(found(id, tag, names::MESSAGE_ID, message_id))
+                Some(found(id, tag, names::MESSAGE_ID))
             })
             .ok_or_else(|| unknown(names::MESSAGE_ID, message_id))
     }
@@ -922,7 +927,7 @@ impl Session {
     fn apply_ack(&self, ack: Acknowledgement) -> Result<(), SessionError> {
         let unknown = || SessionError::UnknownAck {
             what: ack.named_by.0,
-            id: ack.named_by.1.clone(),
+            id: error::shorten(&ack.named_by.1),
         };
         let subscription = self
             .subscriptions
