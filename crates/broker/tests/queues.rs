@@ -328,3 +328,32 @@ async fn temporary_queues_are_private_to_their_connection() {
     assert_eq!(reply.get("subscription"), Some("mine"));
     assert_eq!(text(&reply), "hello back");
 }
+
+#[tokio::test]
+async fn a_producer_keeps_reaching_a_queue_that_was_forgotten_and_created_again() {
+    let broker = common::start(&[]);
+    let mut producer = Client::connect(broker.addr, &[]).await;
+    for round in 0..3 {
+        // A consumer comes, takes one message and leaves: the queue is then idle and
+        // forgotten, and the producer's next SEND must create it again.
+        let mut consumer = Client::connect(broker.addr, &[]).await;
+        consumer.subscribe("0", "/queue/comes-and-goes", &[]).await;
+        producer
+            .send(
+                &Frame::new(Command::Send)
+                    .header("destination", "/queue/comes-and-goes")
+                    .header("receipt", "sent")
+                    .body(format!("round {round}")),
+            )
+            .await;
+        producer.expect_receipt("sent").await;
+        let message = consumer.expect(Command::Message).await;
+        assert_eq!(text(&message), format!("round {round}"));
+        consumer.disconnect().await;
+    }
+    // Sent while nobody listens: kept for the next consumer.
+    producer.publish("/queue/comes-and-goes", "kept").await;
+    let mut late = Client::connect(broker.addr, &[]).await;
+    late.subscribe("0", "/queue/comes-and-goes", &[]).await;
+    assert_eq!(text(&late.expect(Command::Message).await), "kept");
+}

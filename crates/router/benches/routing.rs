@@ -12,8 +12,8 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use postbox_router::topic::Pattern;
 use postbox_router::{
-    AckMode, Destination, Message, Notification, OutboxReceiver, Router, RouterConfig, Subscriber,
-    Subscription, outbox,
+    AckMode, Destination, Message, Notification, OutboxReceiver, QueueCache, Router, RouterConfig,
+    Subscriber, Subscription, outbox,
 };
 use postbox_stomp::{ByteString, Headers};
 
@@ -106,7 +106,12 @@ fn send_path(c: &mut Criterion) {
     group.bench_function("publish_to_10", |b| {
         b.iter(|| {
             runtime
-                .block_on(router.publish(destination.clone(), headers.clone(), body.clone()))
+                .block_on(router.publish(
+                    &mut QueueCache::default(),
+                    destination.clone(),
+                    headers.clone(),
+                    body.clone(),
+                ))
                 .expect("published");
             black_box(drain(&mut subs))
         })

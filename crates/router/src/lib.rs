@@ -32,5 +32,6 @@ pub use outbox::{CloseReason, Delivery, Notification, Outbox, OutboxReceiver, Pu
 pub use queue::{AckTag, Overflow, Queue, QueueSettings, QueueStats, Queued, Settle, UnknownAck};
 pub use relay::{BoxFuture, NoRelay, QueueStore, Relay, StoreError, StoreReceipt};
 pub use router::{
-    AckMode, MAX_PREFETCH, Router, RouterConfig, RouterStats, Subscriber, Subscription, TempQueue,
+    AckMode, MAX_PREFETCH, QueueCache, Router, RouterConfig, RouterStats, Subscriber, Subscription,
+    TempQueue,
 };

@@ -11,7 +11,7 @@
 //! block.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -278,6 +278,8 @@ pub struct Queue {
     demand: Notify,
     /// Counters shared by every queue of a router, which outlive single queues.
     totals: Option<Arc<QueueStats>>,
+    /// Set with `State::deleted`, readable without the lock (see [`Queue::is_deleted`]).
+    deleted: AtomicBool,
 }
 
 impl Queue {
@@ -325,6 +327,7 @@ impl Queue {
             store,
             demand: Notify::new(),
             totals,
+            deleted: AtomicBool::new(false),
         })
     }
 
@@ -378,6 +381,12 @@ impl Queue {
                 link.store.settle(&link.vhost, &self.destination, receipts);
             }
         }
+    }
+
+    /// Whether the queue was deleted (a new one may have taken its name). A hint for
+    /// holders of the queue: an offer to a deleted queue says so under its lock anyway.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
     }
 
     /// The queue's destination.
@@ -684,6 +693,7 @@ impl Queue {
     pub fn delete(&self) -> usize {
         let mut state = self.lock();
         state.deleted = true;
+        self.deleted.store(true, Ordering::Release);
         let held = state.ready.len()
             + state
                 .consumers
@@ -705,6 +715,7 @@ impl Queue {
         let idle = state.consumers.is_empty() && state.ready.is_empty() && !state.deleted;
         if idle {
             state.deleted = true;
+            self.deleted.store(true, Ordering::Release);
         }
         drop(state);
         if idle {

@@ -140,6 +140,23 @@ pub struct Router {
     shared: Arc<Shared>,
 }
 
+/// A publisher's most recent queue, so that a run of SENDs to one queue skips the
+/// router's queue map (a lock every publisher shares). Each session keeps one.
+#[derive(Debug, Default)]
+pub struct QueueCache {
+    last: Option<Arc<Queue>>,
+}
+
+impl QueueCache {
+    /// Whether the remembered queue is `destination`'s and still in use. (Were it
+    /// deleted just after this check, the offer says so and the queue is looked up.)
+    fn holds(&self, destination: &Destination) -> bool {
+        self.last
+            .as_ref()
+            .is_some_and(|queue| queue.destination() == destination && !queue.is_deleted())
+    }
+}
+
 impl Router {
     /// A router for a node that runs alone.
     pub fn new(config: RouterConfig) -> Router {
@@ -450,6 +467,7 @@ impl Router {
     /// how producers are slowed down.
     pub async fn publish(
         &self,
+        cache: &mut QueueCache,
         destination: Destination,
         headers: Headers,
         body: Bytes,
@@ -495,7 +513,10 @@ impl Router {
                     })?;
                 }
                 None => {
-                    let queue = self.queue_for(message.destination(), None);
+                    if !cache.holds(message.destination()) {
+                        cache.last = Some(self.queue_for(message.destination(), None));
+                    }
+                    let queue = cache.last.as_ref().expect("just filled");
                     self.enqueue(queue, Queued::new(message.clone(), expires_at, None))
                         .await?;
                 }
@@ -506,7 +527,7 @@ impl Router {
                 match queue {
                     Some(queue) => {
                         let ttl = queue.settings().ttl;
-                        self.enqueue(queue, Queued::new(message.clone(), expires_at, ttl))
+                        self.enqueue(&queue, Queued::new(message.clone(), expires_at, ttl))
                             .await?
                     }
                     None if owner.is_some_and(|node| node != self.node_id())
@@ -527,11 +548,14 @@ impl Router {
 
     /// Offers to a queue, waiting for room under the `block` policy and following the
     /// queue if it is replaced meanwhile.
-    async fn enqueue(&self, mut queue: Arc<Queue>, mut queued: Queued) -> Result<(), RouteError> {
+    async fn enqueue(&self, queue: &Arc<Queue>, mut queued: Queued) -> Result<(), RouteError> {
         if queued.expires_at.is_none() && queue.settings().ttl.is_some() {
             queued = Queued::new(queued.message, None, queue.settings().ttl);
         }
+        // The queue that took `queue`'s name, after a deletion.
+        let mut replacement: Option<Arc<Queue>> = None;
         loop {
+            let queue = replacement.as_ref().unwrap_or(queue);
             match queue.offer(queued) {
                 Offer::Accepted => return Ok(()),
                 Offer::Rejected => {
@@ -546,13 +570,13 @@ impl Router {
                 Offer::Deleted(back) => {
                     queued = back;
                     let destination = queue.destination().clone();
-                    queue = match destination.kind() {
+                    replacement = Some(match destination.kind() {
                         Kind::ReplyQueue => match self.queue(destination.as_str()) {
                             Some(queue) => queue,
                             None => return Ok(()),
                         },
                         _ => self.queue_for(&destination, None),
-                    };
+                    });
                 }
             }
         }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postbox_router::{
-    AckMode, AckTag, CloseReason, Destination, Kind, Outbox, Router, Subscriber, Subscription,
-    TempQueue, outbox,
+    AckMode, AckTag, CloseReason, Destination, Kind, Outbox, QueueCache, Router, Subscriber,
+    Subscription, TempQueue, outbox,
 };
 use postbox_stomp::headers::names;
 use postbox_stomp::{ByteString, Command, Frame, Item, Limits, StompCodec, Version, encode};
@@ -301,6 +301,7 @@ where
         settings: settings.clone(),
         version: negotiated.version,
         router: negotiated.router,
+        queue_cache: QueueCache::default(),
         outbox: outbox.clone(),
         subscriptions: HashMap::new(),
         by_key: HashMap::new(),
@@ -458,6 +459,8 @@ struct Session {
     settings: Arc<Settings>,
     version: Version,
     router: Router,
+    /// The queue this client last sent to.
+    queue_cache: QueueCache,
     outbox: Outbox,
     /// Subscriptions by client id.
     subscriptions: HashMap<ByteString, Subscription>,
@@ -714,7 +717,12 @@ impl Session {
             return Ok(Flow::Continue);
         }
         self.router
-            .publish(destination, frame.headers, frame.body)
+            .publish(
+                &mut self.queue_cache,
+                destination,
+                frame.headers,
+                frame.body,
+            )
             .await?;
         Ok(Flow::Continue)
     }
@@ -980,7 +988,7 @@ impl Session {
             match item {
                 Staged::Send(destination, send) => {
                     self.router
-                        .publish(destination, send.headers, send.body)
+                        .publish(&mut self.queue_cache, destination, send.headers, send.body)
                         .await?;
                 }
                 Staged::Ack(ack) => self.apply_ack(ack)?,
