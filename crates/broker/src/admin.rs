@@ -118,7 +118,12 @@ fn destinations(state: &BrokerState) -> Value {
     let mut out = Vec::new();
     for router in state.vhosts.routers() {
         let vhost = router.vhost();
-        for (destination, local) in router.topic_subscriptions() {
+        let topics = router.topic_subscriptions().into_iter();
+        let queues = router
+            .queues()
+            .into_iter()
+            .map(|queue| (queue.destination().to_string(), queue.consumer_count()));
+        for (destination, local) in topics.chain(queues) {
             let cluster = state
                 .cluster
                 .as_ref()
@@ -127,19 +132,6 @@ fn destinations(state: &BrokerState) -> Value {
                 "vhost": vhost,
                 "destination": destination,
                 "subscribers": local,
-                "subscribers_in_cluster": cluster,
-            }));
-        }
-        for queue in router.queues() {
-            let destination = queue.destination().to_string();
-            let cluster = state
-                .cluster
-                .as_ref()
-                .map(|c| c.presence(vhost, &destination));
-            out.push(json!({
-                "vhost": vhost,
-                "destination": destination,
-                "subscribers": queue.consumer_count(),
                 "subscribers_in_cluster": cluster,
             }));
         }

@@ -178,7 +178,10 @@ impl Metrics {
         let mut subscriptions = 0;
         for connection in state.registry.all() {
             *by_transport
-                .entry((connection.transport.to_owned(), connection.vhost.clone()))
+                .entry((
+                    connection.opened.transport.to_owned(),
+                    connection.opened.vhost.clone(),
+                ))
                 .or_default() += 1;
             subscriptions += connection
                 .subscriptions

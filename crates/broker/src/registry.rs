@@ -72,28 +72,13 @@ pub struct SubscriptionInfo {
 /// An open session.
 #[derive(Debug)]
 pub struct Connection {
-    /// The session id (as in CONNECTED).
-    pub id: String,
-    /// Remote address.
-    pub peer: String,
-    /// Transport name.
-    pub transport: &'static str,
-    /// Authenticated user.
-    pub user: String,
-    /// Negotiated version.
-    pub version: &'static str,
-    /// Virtual host.
-    pub vhost: String,
+    /// What the session told the registry when it opened.
+    pub opened: Opening,
     /// When it connected.
     pub connected_at: SystemTime,
     started: Instant,
-    /// Counters.
-    pub traffic: Arc<Traffic>,
     /// Its subscriptions.
     pub subscriptions: Mutex<Vec<SubscriptionInfo>>,
-    outbox: Outbox,
-    /// Cancelled to make this session say goodbye (lame-duck shutdown).
-    pub goodbye: CancellationToken,
 }
 
 impl Connection {
@@ -104,7 +89,7 @@ impl Connection {
 
     /// Closes the connection as an operator request.
     pub fn close(&self) {
-        self.outbox.close(CloseReason::Admin);
+        self.opened.outbox.close(CloseReason::Admin);
     }
 
     /// The admin API's view.
@@ -121,18 +106,19 @@ impl Connection {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
+        let opened = &self.opened;
         json!({
-            "id": self.id,
-            "peer": self.peer,
-            "transport": self.transport,
-            "user": self.user,
-            "version": self.version,
-            "vhost": self.vhost,
+            "id": opened.id,
+            "peer": opened.peer,
+            "transport": opened.transport,
+            "user": opened.user,
+            "version": opened.version,
+            "vhost": opened.vhost,
             "connected_at": since_epoch,
-            "age_seconds": self.started.elapsed().as_secs(),
+            "age_seconds": self.age().as_secs(),
             "subscriptions": subscriptions,
-            "pending_bytes": self.outbox.pending_bytes(),
-            "traffic": self.traffic.json(),
+            "pending_bytes": opened.outbox.pending_bytes(),
+            "traffic": opened.traffic.json(),
         })
     }
 }
@@ -177,22 +163,14 @@ impl Registry {
     /// Adds a session; it is removed when the returned handle is dropped.
     pub fn open(self: &Arc<Registry>, opening: Opening) -> Registered {
         let connection = Arc::new(Connection {
-            id: opening.id,
-            peer: opening.peer,
-            transport: opening.transport,
-            user: opening.user,
-            version: opening.version,
-            vhost: opening.vhost,
+            opened: opening,
             connected_at: SystemTime::now(),
             started: Instant::now(),
-            traffic: opening.traffic,
             subscriptions: Mutex::default(),
-            outbox: opening.outbox,
-            goodbye: opening.goodbye,
         });
         self.lock()
             .open
-            .insert(connection.id.clone(), connection.clone());
+            .insert(connection.opened.id.clone(), connection.clone());
         Registered {
             registry: self.clone(),
             connection,
@@ -206,7 +184,7 @@ impl Registry {
     /// Every open session.
     pub fn all(&self) -> Vec<Arc<Connection>> {
         let mut all: Vec<Arc<Connection>> = self.lock().open.values().cloned().collect();
-        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all.sort_by(|a, b| a.opened.id.cmp(&b.opened.id));
         all
     }
 
@@ -232,7 +210,7 @@ impl Registry {
         let sessions = self.lock();
         let mut totals = sessions.closed.snapshot();
         for connection in sessions.open.values() {
-            for (total, value) in totals.iter_mut().zip(connection.traffic.snapshot()) {
+            for (total, value) in totals.iter_mut().zip(connection.opened.traffic.snapshot()) {
                 *total += value;
             }
         }
@@ -251,7 +229,7 @@ pub struct Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         let mut sessions = self.registry.lock();
-        sessions.open.remove(&self.connection.id);
-        sessions.closed.add(&self.connection.traffic);
+        sessions.open.remove(&self.connection.opened.id);
+        sessions.closed.add(&self.connection.opened.traffic);
     }
 }

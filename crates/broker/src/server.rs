@@ -312,7 +312,7 @@ impl Running {
             );
             let step = window / sessions.len() as u32;
             for session in sessions {
-                session.goodbye.cancel();
+                session.opened.goodbye.cancel();
                 tokio::time::sleep(step).await;
             }
         }

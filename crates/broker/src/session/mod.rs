@@ -709,6 +709,7 @@ impl Session {
             frame.headers.set(REPLY_TO, routable);
         }
         self.connection
+            .opened
             .traffic
             .messages_in
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
