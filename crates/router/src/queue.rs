@@ -251,7 +251,6 @@ struct State {
     ready_bytes: usize,
     consumers: Vec<Consumer>,
     cursor: usize,
-    deleted: bool,
 }
 
 /// Delivery tags, unique in the process.
@@ -278,7 +277,8 @@ pub struct Queue {
     demand: Notify,
     /// Counters shared by every queue of a router, which outlive single queues.
     totals: Option<Arc<QueueStats>>,
-    /// Set with `State::deleted`, readable without the lock (see [`Queue::is_deleted`]).
+    /// Set under the state's lock, so an offer that finds it unset has the queue; read
+    /// without the lock by holders asking whether to look the queue up again.
     deleted: AtomicBool,
 }
 
@@ -423,7 +423,7 @@ impl Queue {
     /// Offers a message, applying the overflow policy when full.
     pub fn offer(self: &Arc<Queue>, queued: Queued) -> Offer {
         let mut state = self.lock();
-        if state.deleted {
+        if self.is_deleted() {
             return Offer::Deleted(queued);
         }
         let size = queued.size();
@@ -462,7 +462,7 @@ impl Queue {
     /// fetched messages were already counted against the limits by the store).
     pub fn force(self: &Arc<Queue>, queued: Queued) -> Result<(), Queued> {
         let mut state = self.lock();
-        if state.deleted {
+        if self.is_deleted() {
             return Err(queued);
         }
         state.ready_bytes += queued.size();
@@ -479,7 +479,7 @@ impl Queue {
         notified.as_mut().enable();
         {
             let state = self.lock();
-            if state.deleted || !self.is_full(&state, 0) {
+            if self.is_deleted() || !self.is_full(&state, 0) {
                 return;
             }
         }
@@ -600,15 +600,6 @@ impl Queue {
             .iter_mut()
             .find(|c| c.key == key)
             .ok_or(UnknownAck)?;
-        if !cumulative {
-            // The common case, one message: no list to build.
-            let taken = consumer.unacked.remove(tag).ok_or(UnknownAck)?;
-            self.count(|s| &s.acked, 1);
-            self.dispatch(&mut state);
-            drop(state);
-            self.settle_in_store([taken]);
-            return Ok(());
-        }
         let taken = take(&mut consumer.unacked, tag, cumulative)?;
         self.count(|s| &s.acked, taken.len() as u64);
         self.dispatch(&mut state);
@@ -692,7 +683,6 @@ impl Queue {
     /// still held (for counting) and wakes blocked producers so they look again.
     pub fn delete(&self) -> usize {
         let mut state = self.lock();
-        state.deleted = true;
         self.deleted.store(true, Ordering::Release);
         let held = state.ready.len()
             + state
@@ -711,10 +701,9 @@ impl Queue {
     /// Whether the queue has no consumers and no messages; if so and `delete_if_idle`,
     /// marks it deleted (under the same lock, so no message can slip in between).
     pub fn delete_if_idle(&self) -> bool {
-        let mut state = self.lock();
-        let idle = state.consumers.is_empty() && state.ready.is_empty() && !state.deleted;
+        let state = self.lock();
+        let idle = state.consumers.is_empty() && state.ready.is_empty() && !self.is_deleted();
         if idle {
-            state.deleted = true;
             self.deleted.store(true, Ordering::Release);
         }
         drop(state);
