@@ -353,7 +353,7 @@ fn take(inner: &Inner, key: &str, queue: &Arc<Queue>, reply: Value, claimed: boo
         let expires_at = match expires_at {
             None => None,
             Some(at) => match at.duration_since(SystemTime::now()) {
-                Ok(left) => Some(Instant::now() + left),
+                Ok(left) => Instant::now().checked_add(left),
                 Err(_) => {
                     queue
                         .stats()

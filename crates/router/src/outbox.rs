@@ -252,6 +252,13 @@ impl Outbox {
         self.shared.closed.cancel();
     }
 
+    /// Whether a push could still be taken: the outbox is not closed and its writer is
+    /// still there. Once false it stays false, so a sender that sees it may stop
+    /// offering this outbox anything.
+    pub fn accepts(&self) -> bool {
+        !self.is_closed() && !self.shared.receiver_gone.load(Ordering::Acquire)
+    }
+
     /// Whether [`Outbox::close`] was called.
     pub fn is_closed(&self) -> bool {
         // Not `CancellationToken::is_cancelled`, which takes a lock: this runs once per
@@ -423,5 +430,6 @@ mod tests {
             Err(PushError::Closed)
         );
         assert_eq!(outbox.pending_bytes(), 0);
+        assert!(!outbox.accepts());
     }
 }

@@ -120,7 +120,7 @@ impl Queued {
         expires_at: Option<Instant>,
         ttl: Option<Duration>,
     ) -> Queued {
-        let queue_deadline = ttl.map(|ttl| Instant::now() + ttl);
+        let queue_deadline = ttl.and_then(|ttl| Instant::now().checked_add(ttl));
         let expires_at = match (expires_at, queue_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -237,11 +237,14 @@ struct Consumer {
     prefetch: usize,
     /// Delivered and not yet acknowledged, by delivery tag (tags only grow).
     unacked: Unacked,
+    /// Its outbox refused a delivery: the session is going away, and a refusing outbox
+    /// never accepts again, so the consumer is skipped until its session removes it.
+    gone: bool,
 }
 
 impl Consumer {
     fn has_credit(&self) -> bool {
-        !self.outbox.is_closed() && self.unacked.len() < self.prefetch
+        !self.gone && self.unacked.len() < self.prefetch && self.outbox.accepts()
     }
 }
 
@@ -346,7 +349,7 @@ impl Queue {
         let credit: usize = state
             .consumers
             .iter()
-            .filter(|c| !c.outbox.is_closed())
+            .filter(|c| !c.gone && c.outbox.accepts())
             .map(|c| c.prefetch.saturating_sub(c.unacked.len()))
             .sum();
         credit.saturating_sub(state.ready.len())
@@ -472,14 +475,16 @@ impl Queue {
         Ok(())
     }
 
-    /// Waits until the queue may have room (after a [`Offer::Full`]).
-    pub async fn room(&self) {
+    /// Waits until the queue may have room for a message of `size` body bytes (after an
+    /// [`Offer::Full`] for it). Waiting for less would let the offer fail again at once
+    /// and its producer spin.
+    pub async fn room(&self, size: usize) {
         let notified = self.space.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         {
             let state = self.lock();
-            if self.is_deleted() || !self.is_full(&state, 0) {
+            if self.is_deleted() || !self.is_full(&state, size) {
                 return;
             }
         }
@@ -510,6 +515,7 @@ impl Queue {
             ack,
             prefetch,
             unacked: Unacked::default(),
+            gone: false,
         });
         self.dispatch(&mut state);
     }
@@ -756,7 +762,10 @@ impl Queue {
                 }),
             };
             if consumer.outbox.deliver_with_credit(delivery).is_err() {
-                // The consumer's session is closing; keep the message for the others.
+                // The consumer's session is closing: keep the message for the others and
+                // never offer this consumer anything again, so every turn of this loop
+                // either delivers, drops an expired message or rules a consumer out.
+                consumer.gone = true;
                 item.deliveries -= 1;
                 state.ready_bytes += item.size();
                 state.ready.push_front(item);
@@ -1078,7 +1087,7 @@ mod tests {
         let waiter = {
             let queue = queue.clone();
             tokio::spawn(async move {
-                queue.room().await;
+                queue.room(0).await;
                 matches!(queue.offer(waiting), Offer::Accepted)
             })
         };
@@ -1086,6 +1095,83 @@ mod tests {
         let mut a = consumer(&queue, 1, AckMode::ClientIndividual, 10);
         assert!(waiter.await.unwrap());
         assert_eq!(a.bodies(), ["1", "2"]);
+    }
+
+    /// Runs `f` on its own thread and fails if it does not return within 10 s: a
+    /// livelocked dispatch would otherwise hang the test run instead of failing it.
+    fn within_deadline<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(f());
+        });
+        wait.recv_timeout(Duration::from_secs(10))
+            .expect("did not return: the queue spins")
+    }
+
+    #[test]
+    fn a_consumer_whose_writer_left_is_skipped_not_retried() {
+        for ack in [AckMode::Auto, AckMode::Client, AckMode::ClientIndividual] {
+            let queue = queue(QueueSettings::default());
+            // The writer of consumer 1 has ended; its session has not removed it yet.
+            let (gone, gone_rx) = outbox(1 << 30);
+            queue.add_consumer(1, gone.clone(), "sub".into(), ack, 10);
+            drop(gone_rx);
+            let mut alive = consumer(&queue, 2, ack, 10);
+            let offered = queue.clone();
+            within_deadline(move || {
+                for body in ["1", "2", "3"] {
+                    offer(&offered, body);
+                }
+            });
+            assert_eq!(alive.bodies(), ["1", "2", "3"], "{ack:?}");
+            assert_eq!(queue.demand(), 7, "only the live consumer's credit counts");
+            drop(gone);
+        }
+    }
+
+    #[test]
+    fn messages_wait_when_every_consumer_is_gone() {
+        let queue = queue(QueueSettings::default());
+        let (a, a_rx) = outbox(1 << 30);
+        let (b, b_rx) = outbox(1 << 30);
+        queue.add_consumer(1, a, "sub".into(), AckMode::ClientIndividual, 10);
+        queue.add_consumer(2, b, "sub".into(), AckMode::ClientIndividual, 10);
+        drop((a_rx, b_rx));
+        let offered = queue.clone();
+        within_deadline(move || offer(&offered, "kept"));
+        assert_eq!(queue.depth(), (1, 0), "kept for a later consumer");
+        let removed = queue.clone();
+        within_deadline(move || {
+            removed.remove_consumer(1);
+            removed.remove_consumer(2);
+        });
+        let mut c = consumer(&queue, 3, AckMode::ClientIndividual, 10);
+        let got = c.received();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].0.as_str(), got[0].2),
+            ("kept", false),
+            "never really delivered"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_producer_blocked_by_bytes_waits_for_room_for_its_message() {
+        let queue = queue(QueueSettings {
+            max_bytes: 10,
+            ..QueueSettings::default()
+        });
+        offer(&queue, "12345678");
+        let Offer::Full(waiting) = queue.offer(message("abcdef")) else {
+            panic!("expected a full queue")
+        };
+        // Room for an empty message is there, room for six bytes is not.
+        let size = waiting.message.body().len();
+        let wait = tokio::time::timeout(Duration::from_millis(50), queue.room(size));
+        assert!(
+            wait.await.is_err(),
+            "room() must not return while the offer would fail"
+        );
     }
 
     #[test]

@@ -482,7 +482,9 @@ impl Router {
                 Some(Duration::from_millis(ms))
             }
         };
-        let expires_at = ttl.map(|ttl| Instant::now() + ttl);
+        // A TTL too long for the clock to represent means the message never expires
+        // (rather than a panic on a client's `expiration:18446744073709551615`).
+        let expires_at = ttl.and_then(|ttl| Instant::now().checked_add(ttl));
         let message = Arc::new(Message::from_send(
             self.next_message_id(),
             destination,
@@ -500,7 +502,7 @@ impl Router {
                     // In a cluster the queue lives in the store; the message is accepted
                     // once it is stored there.
                     let ttl = ttl.or(self.shared.config.queue.ttl);
-                    let expires = ttl.map(|ttl| SystemTime::now() + ttl);
+                    let expires = ttl.and_then(|ttl| SystemTime::now().checked_add(ttl));
                     let stored = store.append(
                         self.vhost(),
                         message.destination(),
@@ -565,7 +567,7 @@ impl Router {
                     queued = back;
                     // Boxed: rare, and its waiter would otherwise be part of every
                     // session's task (see the broker's per-connection memory).
-                    Box::pin(queue.room()).await;
+                    Box::pin(queue.room(queued.message.body().len())).await;
                 }
                 Offer::Deleted(back) => {
                     queued = back;
