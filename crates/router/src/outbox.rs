@@ -104,6 +104,8 @@ struct Shared {
     senders: AtomicUsize,
     /// Set once the writer is gone: pushes are refused.
     receiver_gone: AtomicBool,
+    /// Wakes a session waiting for its backlog to fall back within the limit.
+    room: Notify,
 }
 
 impl Shared {
@@ -150,6 +152,7 @@ impl Drop for OutboxReceiver {
         let dropped = std::mem::take(&mut *self.shared.queue());
         let cost: usize = dropped.iter().map(Notification::cost).sum();
         self.shared.pending.fetch_sub(cost, Ordering::AcqRel);
+        self.shared.room.notify_waiters();
     }
 }
 
@@ -168,6 +171,7 @@ pub fn outbox(limit: usize) -> (Outbox, OutboxReceiver) {
         wake: Notify::new(),
         senders: AtomicUsize::new(1),
         receiver_gone: AtomicBool::new(false),
+        room: Notify::new(),
     });
     (
         Outbox {
@@ -214,7 +218,8 @@ impl Outbox {
     }
 
     /// Queues a frame from the session itself. Counted, but never refused for size: the
-    /// session produces these one per client frame, so they are bounded by the client.
+    /// session produces at most one per client frame and stops reading its client while
+    /// the outbox [is backlogged](Outbox::is_backlogged), which bounds them.
     pub fn send_frame(&self, frame: Frame) -> Result<(), PushError> {
         let cost = encode::encoded_len_hint(&frame);
         self.shared.pending.fetch_add(cost, Ordering::AcqRel);
@@ -250,6 +255,7 @@ impl Outbox {
         let _ = self.shared.reason.set(reason);
         self.shared.is_closed.store(true, Ordering::Release);
         self.shared.closed.cancel();
+        self.shared.room.notify_waiters();
     }
 
     /// Whether a push could still be taken: the outbox is not closed and its writer is
@@ -279,6 +285,32 @@ impl Outbox {
     /// Bytes queued and not yet written.
     pub fn pending_bytes(&self) -> usize {
         self.shared.pending.load(Ordering::Acquire)
+    }
+
+    /// Whether pending bytes are past the limit. The session stops reading its client
+    /// while this holds: RECEIPTs, ERRORs and credit-bounded queue deliveries are never
+    /// refused for size, so not reading is what bounds them.
+    pub fn is_backlogged(&self) -> bool {
+        self.pending_bytes() > self.shared.limit
+    }
+
+    /// Resolves once the backlog is back within the limit, or the outbox can take
+    /// nothing more (closed, or its writer gone).
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.shared.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.is_backlogged() || !self.accepts() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The limit on pending bytes.
+    pub fn limit(&self) -> usize {
+        self.shared.limit
     }
 }
 
@@ -312,7 +344,11 @@ impl OutboxReceiver {
 
     /// Reports that notifications worth `bytes` (their [`Notification::cost`]) were written.
     pub fn release(&self, bytes: usize) {
-        self.shared.pending.fetch_sub(bytes, Ordering::AcqRel);
+        let before = self.shared.pending.fetch_sub(bytes, Ordering::AcqRel);
+        let limit = self.shared.limit;
+        if before > limit && before - bytes <= limit {
+            self.shared.room.notify_waiters();
+        }
     }
 
     /// Why the outbox was closed from outside, if it was.
@@ -416,6 +452,33 @@ mod tests {
             .expect("woken by the push")
             .unwrap();
         assert_eq!(got, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_of_session_frames_is_reported_until_written() {
+        let (outbox, mut rx) = outbox(100);
+        let receipt = || {
+            Frame::new(postbox_stomp::Command::Receipt).header("receipt-id", "a-long-receipt-id")
+        };
+        while !outbox.is_backlogged() {
+            outbox
+                .send_frame(receipt())
+                .expect("session frames are never refused");
+        }
+        let waiting = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.drained().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "still past the limit");
+        let mut batch = VecDeque::new();
+        rx.recv_all(&mut batch).await;
+        rx.release(batch.iter().map(Notification::cost).sum());
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+            .await
+            .expect("woken once written")
+            .unwrap();
+        assert!(!outbox.is_backlogged());
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub struct Config {
     pub max_subscriptions: usize,
     pub connect_timeout_ms: u64,
     pub outbound_buffer: usize,
+    pub outbound_stall_ms: u64,
     pub queue_max_length: usize,
     pub queue_max_bytes: usize,
     pub queue_overflow: String,
@@ -287,6 +288,9 @@ impl Config {
                     self.drain_timeout_ms
                 ),
             );
+        }
+        if self.outbound_stall_ms == 0 {
+            return invalid("outbound-stall-ms", "must be greater than 0".into());
         }
         if self.connect_timeout_ms == 0 {
             return invalid("connect-timeout-ms", "must be greater than 0".into());
@@ -532,6 +536,7 @@ pub fn reloadable(name: &str) -> bool {
             | "max-subscriptions"
             | "connect-timeout-ms"
             | "outbound-buffer"
+            | "outbound-stall-ms"
             | "heartbeat-send-ms"
             | "heartbeat-receive-ms"
             | "heartbeat-grace"

@@ -347,6 +347,13 @@ pub const OPTIONS: &[OptionSpec] = &[
          disconnected as a slow consumer.",
     ),
     opt(
+        "outbound-stall-ms",
+        Kind::Int,
+        "10000",
+        "Time a connection past its outbound buffer may go without reading anything \
+         before it is closed as a slow consumer; meanwhile its frames are not read.",
+    ),
+    opt(
         "queue-max-length",
         Kind::Int,
         "100000",

@@ -8,6 +8,8 @@
 mod connect;
 mod error;
 mod reader;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use std::collections::HashMap;
@@ -61,6 +63,9 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Outbound buffer bound in bytes (slow consumer limit).
     pub outbound_buffer: usize,
+    /// How long a session past its outbound bound may go without the writer making
+    /// progress before it is closed as a slow consumer.
+    pub outbound_stall: Duration,
     /// The server's own heart-beat send interval, 0 for none.
     pub heartbeat_send_ms: u64,
     /// The interval the server asks clients to send at, 0 for none.
@@ -90,6 +95,7 @@ impl Settings {
             max_subscriptions: config.max_subscriptions,
             connect_timeout: config.connect_timeout(),
             outbound_buffer: config.outbound_buffer,
+            outbound_stall: Duration::from_millis(config.outbound_stall_ms),
             heartbeat_send_ms: config.heartbeat_send_ms,
             heartbeat_receive_ms: config.heartbeat_receive_ms,
             heartbeat_grace: config.heartbeat_grace,
@@ -492,6 +498,11 @@ impl Session {
         const FAST_FRAMES: u32 = 32;
         let mut fast = 0;
         loop {
+            if outbox.is_backlogged()
+                && let Err(end) = self.hold_back(shutdown, done).await
+            {
+                return end;
+            }
             let buffered = if fast < FAST_FRAMES && !outbox.is_closed() {
                 reader.buffered()
             } else {
@@ -565,6 +576,47 @@ impl Session {
                 Err(error) => return self.fail(error, receipt.as_deref()),
             }
         }
+    }
+
+    /// Stops reading the client while its outbound backlog is past the bound, so a client
+    /// that sends frames asking for replies (RECEIPTs, ERRORs) and never reads them is
+    /// held back by TCP instead of growing the broker. A client that reads slowly is only
+    /// paused; one whose writer makes no progress for the stall time is closed as a slow
+    /// consumer (the writer drops the backlog and sends one ERROR).
+    async fn hold_back(
+        &self,
+        shutdown: &CancellationToken,
+        done: &CancellationToken,
+    ) -> Result<(), ReaderEnd> {
+        let traffic = &self.connection.opened.traffic;
+        let written = || traffic.bytes_out.load(std::sync::atomic::Ordering::Relaxed);
+        let mut progress = written();
+        while self.outbox.is_backlogged() {
+            tokio::select! {
+                biased;
+                _ = done.cancelled() => return Err(ReaderEnd::WriterGone),
+                _ = self.outbox.closed() => return Err(ReaderEnd::Killed),
+                _ = shutdown.cancelled() => {
+                    return Err(self.fail(SessionError::Closed(CloseReason::Shutdown), None));
+                }
+                _ = self.outbox.drained() => {}
+                _ = tokio::time::sleep(self.settings.outbound_stall) => {
+                    let now = written();
+                    if now == progress {
+                        info!(
+                            pending = self.outbox.pending_bytes(),
+                            "closing: the client reads nothing while its outbound buffer is full"
+                        );
+                        self.outbox.close(CloseReason::SlowConsumer {
+                            limit: self.outbox.limit(),
+                        });
+                        return Err(ReaderEnd::Killed);
+                    }
+                    progress = now;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Handles `frame` unless a stop signal comes while it waits.

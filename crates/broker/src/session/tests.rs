@@ -1,0 +1,280 @@
+//! The session in process, over `tokio::io::duplex`, against a real router: what a
+//! client that never reads, floods, or vanishes mid-way does to the broker. A duplex
+//! pipe has a bounded buffer, so a client that does not read really stops the writer,
+//! as a full TCP window does; time is paused where a test waits for a timer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use postbox_stomp::{Command, Frame, Item, Limits, StompCodec, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::task::JoinHandle;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+use super::{Context, Peer, Settings, serve};
+use crate::Config;
+use crate::auth::AuthHandle;
+use crate::state::{BrokerState, StateParts};
+use crate::vhost::Vhosts;
+
+/// A broker without listeners: sessions are served straight over pipes.
+struct Broker {
+    context: Context,
+}
+
+impl Broker {
+    fn new(config: Config) -> Broker {
+        let state = BrokerState::new(StateParts {
+            settings: Settings::from_config(&config, "test"),
+            vhosts: Vhosts::new(&config, "test"),
+            auth: AuthHandle::load(&config).expect("auth"),
+            certs: None,
+            cluster: None,
+            metrics_queue_top: 20,
+            admin_token: None,
+            admin_role: "admin".into(),
+        });
+        Broker {
+            context: Context {
+                state,
+                shutdown: CancellationToken::new(),
+            },
+        }
+    }
+
+    fn state(&self) -> &Arc<BrokerState> {
+        &self.context.state
+    }
+
+    /// A new connection whose pipe buffers `pipe` bytes each way.
+    fn open(&self, pipe: usize) -> (Client, JoinHandle<()>) {
+        let (client, server) = tokio::io::duplex(pipe);
+        let (read, write) = tokio::io::split(server);
+        let peer = Peer {
+            addr: "pipe".into(),
+            transport: "test",
+            query_token: None,
+        };
+        let session = tokio::spawn(serve(read, write, self.context.clone(), peer));
+        (Client::new(client), session)
+    }
+
+    /// A connection that has sent CONNECT and read CONNECTED.
+    async fn connected(&self, pipe: usize) -> (Client, JoinHandle<()>) {
+        let (mut client, session) = self.open(pipe);
+        client
+            .send("CONNECT\naccept-version:1.2\nhost:/\n\n\0")
+            .await;
+        let connected = client.frame().await.expect("CONNECTED");
+        assert_eq!(connected.command, Command::Connected);
+        (client, session)
+    }
+}
+
+/// The client's end of a pipe, speaking raw bytes out and frames in.
+struct Client {
+    io: DuplexStream,
+    buf: BytesMut,
+    codec: StompCodec,
+}
+
+impl Client {
+    fn new(io: DuplexStream) -> Client {
+        Client {
+            io,
+            buf: BytesMut::new(),
+            codec: StompCodec::new(Version::V1_2, Limits::default()),
+        }
+    }
+
+    async fn send(&mut self, bytes: &str) {
+        self.io.write_all(bytes.as_bytes()).await.expect("write");
+    }
+
+    /// The next frame, `None` at the end of the stream.
+    async fn frame(&mut self) -> Option<Frame> {
+        loop {
+            match self.codec.decode(&mut self.buf).expect("valid frames") {
+                Some(Item::Frame(frame)) => return Some(frame),
+                Some(Item::HeartBeat) => continue,
+                None => {}
+            }
+            let mut chunk = [0; 4096];
+            match self.io.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The next frame, which must be a MESSAGE with `body`.
+    async fn message(&mut self) -> Frame {
+        let frame = self.frame().await.expect("a frame");
+        assert_eq!(frame.command, Command::Message, "{frame:?}");
+        frame
+    }
+}
+
+fn small_outbound(bytes: usize) -> Config {
+    let mut config = Config::defaults();
+    config.outbound_buffer = bytes;
+    config
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_asks_for_receipts_and_never_reads_is_held_back_then_closed() {
+    const LIMIT: usize = 16 * 1024;
+    let broker = Broker::new(small_outbound(LIMIT));
+    let (mut client, session) = broker.connected(4096).await;
+    let connection = broker.state().registry.all().pop().expect("registered");
+    // Up to 40 MiB of frames that each ask for a RECEIPT; the client never reads.
+    let frame = "SEND\ndestination:/topic/void\nreceipt:a-receipt-id-of-some-length\n\n\0";
+    let mut sent = 0usize;
+    let flood = async {
+        while sent < 40 << 20 {
+            if client.io.write_all(frame.as_bytes()).await.is_err() {
+                break;
+            }
+            sent += frame.len();
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(60), flood).await;
+    let pending = connection.opened.outbox.pending_bytes();
+    let read = connection
+        .opened
+        .traffic
+        .bytes_in
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        sent < 1 << 20,
+        "the broker stopped reading: {sent} bytes sent"
+    );
+    assert!(read < 1 << 20, "the broker read {read} bytes");
+    assert!(
+        pending <= LIMIT + 1024 || session.is_finished(),
+        "pending {pending} bytes"
+    );
+    // It never reads, so after the stall time it is cut off, and its session ends.
+    tokio::time::timeout(Duration::from_secs(60), session)
+        .await
+        .expect("closed as a slow consumer")
+        .unwrap();
+    assert!(broker.state().registry.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_reads_its_receipts_late_gets_them_all() {
+    let broker = Broker::new(small_outbound(4096));
+    let (client, session) = broker.connected(1024).await;
+    let (mut read, mut write) = tokio::io::split(client.io);
+    const FRAMES: usize = 2_000;
+    let writing = tokio::spawn(async move {
+        for i in 0..FRAMES {
+            let frame = format!("SEND\ndestination:/topic/void\nreceipt:r{i}\n\n\0");
+            write.write_all(frame.as_bytes()).await.expect("write");
+        }
+        write
+    });
+    // Reads nothing for a while (less than the stall time), then everything.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut reader = Client::new(tokio::io::duplex(1).0);
+    let mut next = 0;
+    while next < FRAMES {
+        let mut chunk = [0; 4096];
+        let n = read.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "closed after {next} receipts");
+        reader.buf.extend_from_slice(&chunk[..n]);
+        while let Some(Item::Frame(frame)) = reader.codec.decode(&mut reader.buf).unwrap() {
+            assert_eq!(frame.command, Command::Receipt, "{frame:?}");
+            assert_eq!(frame.get("receipt-id"), Some(format!("r{next}").as_str()));
+            next += 1;
+        }
+    }
+    let mut write = writing.await.unwrap();
+    write.write_all(b"DISCONNECT\n\n\0").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), session)
+        .await
+        .expect("ends after DISCONNECT")
+        .unwrap();
+}
+
+/// Eight client-individual consumers of one queue leave abruptly, in every way a
+/// connection can end, while a producer sends; a probe must keep getting its messages.
+/// Runs on two worker threads, as the broker does: a dispatch that spins under the
+/// queue's lock freezes both, which a single-threaded test could not show. The window
+/// between a writer ending and its session removing the subscription is short, so this
+/// catches that livelock only sometimes; the router's tests pin it down exactly.
+#[test]
+fn consumers_leaving_abruptly_never_freeze_a_queue() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (finished, wait) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let broker = Broker::new(Config::defaults());
+        let (mut producer, _p) = broker.connected(64 * 1024).await;
+        let (mut probe_sender, _s) = broker.connected(64 * 1024).await;
+        let (mut probe, _q) = broker.connected(64 * 1024).await;
+        probe
+            .send("SUBSCRIBE\nid:probe\ndestination:/queue/probe\nreceipt:ready\n\n\0")
+            .await;
+        assert_eq!(probe.frame().await.unwrap().command, Command::Receipt);
+        // The producer sends all along, so deliveries race every way of leaving.
+        let sending = tokio::spawn(async move {
+            for n in 0.. {
+                producer
+                    .send(&format!("SEND\ndestination:/queue/jobs\n\njob {n}\0"))
+                    .await;
+                if n % 16 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        for round in 0..40 {
+            let ack = ["auto", "client", "client-individual"][round % 3];
+            let mut consumers = Vec::new();
+            for i in 0..8 {
+                let (mut consumer, session) = broker.connected(256).await;
+                consumer
+                    .send(&format!(
+                        "SUBSCRIBE\nid:c{i}\ndestination:/queue/jobs\nack:{ack}\nprefetch-count:4\n\n\0"
+                    ))
+                    .await;
+                consumers.push((consumer, session));
+            }
+            tokio::task::yield_now().await;
+            // They go all at once: some say DISCONNECT, some just vanish (the pipe
+            // closes with frames unread: a reset), some stop reading first.
+            for (i, (mut consumer, session)) in consumers.into_iter().enumerate() {
+                match i % 3 {
+                    0 => consumer.send("DISCONNECT\n\n\0").await,
+                    1 => drop(consumer),
+                    _ => {
+                        tokio::task::yield_now().await;
+                        drop(consumer);
+                    }
+                }
+                drop(session);
+            }
+            probe_sender
+                .send(&format!("SEND\ndestination:/queue/probe\n\nprobe {round}\0"))
+                .await;
+            let message = tokio::time::timeout(Duration::from_secs(5), probe.message())
+                .await
+                .expect("the probe's round trip stays under a second or so");
+            assert_eq!(&message.body[..], format!("probe {round}").as_bytes());
+        }
+        sending.abort();
+        let _ = finished.send(());
+    });
+    let finished = wait.recv_timeout(Duration::from_secs(120));
+    if finished.is_err() {
+        // Dropping a runtime whose workers spin would hang the test instead of failing it.
+        std::mem::forget(runtime);
+        panic!("the broker froze while consumers left");
+    }
+}
