@@ -269,5 +269,11 @@ fn readiness(state: &BrokerState) -> Response {
     {
         return Response::text(503, "not ready: Redis is unreachable\n");
     }
+    if state.memory.is_raised() {
+        return Response::text(
+            503,
+            "not ready: memory alarm (resident memory above memory-high-watermark); publishers are paused\n",
+        );
+    }
     Response::text(200, "ready\n")
 }

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod registry;
 pub mod server;

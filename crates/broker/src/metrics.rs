@@ -172,6 +172,33 @@ impl Metrics {
             bytes_out,
         );
 
+        // The memory alarm.
+        let memory = &state.memory;
+        gauge(
+            &mut registry,
+            "memory_alarm",
+            "1 while resident memory is above memory-high-watermark and publishers are paused",
+            vec![(Vec::new(), i64::from(memory.is_raised()))],
+        );
+        gauge(
+            &mut registry,
+            "resident_memory_bytes",
+            "Resident memory at the memory alarm's last sample",
+            vec![(Vec::new(), memory.resident() as i64)],
+        );
+        gauge(
+            &mut registry,
+            "memory_high_watermark_bytes",
+            "The memory alarm's watermark",
+            vec![(Vec::new(), memory.limit().min(i64::MAX as u64) as i64)],
+        );
+        counter(
+            &mut registry,
+            "memory_alarms",
+            "Times the memory alarm was raised",
+            memory.raised_count(),
+        );
+
         // Connections and subscriptions.
         let mut by_transport: std::collections::BTreeMap<(String, String), i64> =
             Default::default();

@@ -27,6 +27,9 @@ use crate::transport::tls::{CertStore, TlsError};
 use crate::transport::ws::{self, Accepted, WsSettings};
 use crate::vhost::Vhosts;
 
+/// How often resident memory is sampled for the memory alarm.
+const MEMORY_SAMPLE_MS: u64 = 100;
+
 /// How clients reach a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
@@ -210,6 +213,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .tracker
             .spawn(shared.clone().accept_loop(listener, transport));
     }
+    state
+        .memory
+        .set_limit(crate::memory::watermark(config.memory_high_watermark));
+    tokio::spawn(
+        state
+            .memory
+            .clone()
+            .watch(Duration::from_millis(MEMORY_SAMPLE_MS), shutdown.clone()),
+    );
     if let Some(store) = &certs
         && config.tls_reload_ms > 0
     {
@@ -284,6 +296,9 @@ impl Running {
         }
         self.state
             .set_settings(Settings::from_config(&applied, &self.node_id));
+        self.state
+            .memory
+            .set_limit(crate::memory::watermark(applied.memory_high_watermark));
         if live
             .iter()
             .any(|name| name.starts_with("jwt-") || *name == "users-file" || *name == "acl")

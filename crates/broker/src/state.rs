@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use postbox_cluster::ClusterRelay;
 
 use crate::auth::AuthHandle;
+use crate::memory::MemoryAlarm;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::session::Settings;
@@ -33,6 +34,8 @@ pub struct BrokerState {
     pub ready: Arc<AtomicBool>,
     /// The admin API's static token, if configured.
     pub admin_token: Option<String>,
+    /// Pauses publishers while resident memory is above the high-watermark.
+    pub memory: Arc<MemoryAlarm>,
     /// The token role that grants the admin API.
     pub admin_role: String,
 }
@@ -71,6 +74,7 @@ impl BrokerState {
             cluster: parts.cluster,
             ready: Arc::new(AtomicBool::new(true)),
             admin_token: parts.admin_token,
+            memory: Arc::default(),
             admin_role: parts.admin_role,
         })
     }

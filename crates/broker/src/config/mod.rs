@@ -83,6 +83,7 @@ pub struct Config {
     pub connect_timeout_ms: u64,
     pub outbound_buffer: usize,
     pub outbound_stall_ms: u64,
+    pub memory_high_watermark: u64,
     pub queue_max_length: usize,
     pub queue_max_bytes: usize,
     pub queue_overflow: String,
@@ -537,6 +538,7 @@ pub fn reloadable(name: &str) -> bool {
             | "connect-timeout-ms"
             | "outbound-buffer"
             | "outbound-stall-ms"
+            | "memory-high-watermark"
             | "heartbeat-send-ms"
             | "heartbeat-receive-ms"
             | "heartbeat-grace"

@@ -354,6 +354,14 @@ pub const OPTIONS: &[OptionSpec] = &[
          before it is closed as a slow consumer; meanwhile its frames are not read.",
     ),
     opt(
+        "memory-high-watermark",
+        Kind::Int,
+        "0",
+        "Resident memory in bytes above which publishers are paused (their SENDs wait, \
+         their sockets are not read) until it falls below 95% of it; consumers keep \
+         draining. 0: 40% of the machine's memory, or of the cgroup's limit.",
+    ),
+    opt(
         "queue-max-length",
         Kind::Int,
         "100000",

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span};
 
 use crate::auth::{self, AuthHandle};
+use crate::memory::MemoryAlarm;
 use crate::metrics::DisconnectReason;
 use crate::registry::{Connection, Opening, SubscriptionInfo, Traffic};
 use crate::state::BrokerState;
@@ -316,6 +317,7 @@ where
         principal,
         auth: context.state.auth.clone(),
         connection: registered.connection.clone(),
+        memory: context.state.memory.clone(),
     };
     let writer = Writer::new(
         write,
@@ -481,6 +483,8 @@ struct Session {
     auth: Arc<AuthHandle>,
     /// This session's entry in the registry.
     connection: Arc<Connection>,
+    /// The broker's memory alarm, which pauses publishers.
+    memory: Arc<MemoryAlarm>,
 }
 
 impl Session {
@@ -550,6 +554,12 @@ impl Session {
                     return self.fail(error, None);
                 }
             };
+            if frame.command == Command::Send
+                && self.memory.is_raised()
+                && let Err(end) = self.wait_for_memory(shutdown, done).await
+            {
+                return end;
+            }
             let receipt = frame.headers.get_shared(names::RECEIPT).cloned();
             // Most frames are handled without waiting: one poll settles them, and only
             // one that has to wait (a full queue, the cluster) races the stop signals.
@@ -617,6 +627,25 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Holds a SEND back while the broker's memory alarm is raised: this publisher's
+    /// socket is not read meanwhile, and its other frames wait behind the SEND.
+    async fn wait_for_memory(
+        &self,
+        shutdown: &CancellationToken,
+        done: &CancellationToken,
+    ) -> Result<(), ReaderEnd> {
+        debug!("publisher paused by the memory alarm");
+        tokio::select! {
+            biased;
+            _ = done.cancelled() => Err(ReaderEnd::WriterGone),
+            _ = self.outbox.closed() => Err(ReaderEnd::Killed),
+            _ = shutdown.cancelled() => {
+                Err(self.fail(SessionError::Closed(CloseReason::Shutdown), None))
+            }
+            _ = self.memory.cleared() => Ok(()),
+        }
     }
 
     /// Handles `frame` unless a stop signal comes while it waits.

@@ -278,3 +278,39 @@ fn consumers_leaving_abruptly_never_freeze_a_queue() {
         panic!("the broker froze while consumers left");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_memory_alarm_pauses_publishers_while_consumers_drain() {
+    let broker = Broker::new(Config::defaults());
+    let (mut consumer, _c) = broker.connected(64 * 1024).await;
+    consumer
+        .send("SUBSCRIBE\nid:s\ndestination:/queue/work\nreceipt:ready\n\n\0")
+        .await;
+    assert_eq!(consumer.frame().await.unwrap().command, Command::Receipt);
+    let (mut publisher, _p) = broker.connected(64 * 1024).await;
+    publisher
+        .send("SEND\ndestination:/queue/work\n\nbefore\0")
+        .await;
+    assert_eq!(&consumer.message().await.body[..], b"before");
+
+    let alarm = &broker.state().memory;
+    alarm.set_limit(1000);
+    alarm.update(2000);
+    publisher
+        .send("SEND\ndestination:/queue/work\nreceipt:held\n\nduring\0")
+        .await;
+    // Nothing is published while the alarm holds, however long it lasts.
+    let early = tokio::time::timeout(Duration::from_secs(30), consumer.frame()).await;
+    assert!(early.is_err(), "delivered during the alarm: {early:?}");
+    // A consumer's own frames still go through.
+    consumer
+        .send("SUBSCRIBE\nid:t\ndestination:/topic/x\nreceipt:still\n\n\0")
+        .await;
+    let receipt = consumer.frame().await.unwrap();
+    assert_eq!(receipt.get("receipt-id"), Some("still"));
+
+    alarm.update(100);
+    assert_eq!(&consumer.message().await.body[..], b"during");
+    let receipt = publisher.frame().await.unwrap();
+    assert_eq!(receipt.get("receipt-id"), Some("held"));
+}
