@@ -120,8 +120,12 @@ impl StompCodec {
             unreachable!("scan_head runs only in the Head state")
         };
         let limits = &self.limits;
-        while let Some(offset) = memchr::memchr(b'\n', &src[*scanned..]) {
+        // A NUL is looked for in the same pass as the LFs: the head cannot hold one.
+        while let Some(offset) = memchr::memchr2(b'\n', 0, &src[*scanned..]) {
             let newline = *scanned + offset;
+            if src[newline] == 0 {
+                return Err(FrameError::NulInHeader { line: *lines });
+            }
             let content = &src[*line_start..newline];
             let content = content.strip_suffix(b"\r").unwrap_or(content);
             if content.len() > limits.max_header_line {
@@ -503,6 +507,54 @@ mod tests {
             error_of(b"\rSEND\n\n\0"),
             FrameError::BareCarriageReturn
         ));
+    }
+
+    #[test]
+    fn a_nul_in_the_head_is_refused_in_every_version() {
+        let cases: [(&[u8], usize); 6] = [
+            (b"SEND\nx:a\0ERROR\nmessage:forged\n\n\0", 1),
+            (b"SEND\ndestination:/q\nx\0y:1\n\n\0", 2),
+            (b"CONNECT\naccept-version:1.2\nlogin:a\0b\n\n\0", 2),
+            (b"STOMP\nhost:\0\n\n\0", 1),
+            (b"DISCONNECT\0", 0),
+            (b"\0", 0),
+        ];
+        for version in Version::ALL {
+            for (wire, line) in cases {
+                let mut codec = StompCodec::new(version, Limits::default());
+                assert!(
+                    matches!(
+                        decode(&mut codec, wire),
+                        Err(FrameError::NulInHeader { line: l }) if l == line
+                    ),
+                    "{version} {wire:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_nul_is_refused_before_its_line_ends() {
+        let mut codec = StompCodec::default();
+        let mut src = BytesMut::from(&b"SEND\nx:a"[..]);
+        assert!(codec.decode(&mut src).unwrap().is_none());
+        src.extend_from_slice(b"b\0");
+        assert!(matches!(
+            codec.decode(&mut src),
+            Err(FrameError::NulInHeader { line: 1 })
+        ));
+    }
+
+    #[test]
+    fn nul_still_ends_frames_and_may_sit_in_counted_bodies() {
+        let mut codec = StompCodec::default();
+        let items = decode(
+            &mut codec,
+            b"SEND\ncontent-length:3\n\na\0b\0SUBSCRIBE\nid:1\n\n\0",
+        )
+        .unwrap();
+        assert!(matches!(&items[0], Item::Frame(f) if &f.body[..] == b"a\0b"));
+        assert!(matches!(&items[1], Item::Frame(f) if f.command == Command::Subscribe));
     }
 
     #[test]
