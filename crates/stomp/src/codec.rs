@@ -27,11 +27,12 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// 8 MiB bodies, 64 headers of up to 16 KiB (room for a JWT in `passcode`).
+    /// 8 MiB bodies; 1000 header lines (what RabbitMQ and ActiveMQ accept) of up to
+    /// 16 KiB each (room for a JWT in `passcode`), all within the frame size.
     fn default() -> Limits {
         Limits {
             max_frame_size: 8 * 1024 * 1024 + 256 * 1024,
-            max_headers: 64,
+            max_headers: 1000,
             max_header_line: 16 * 1024,
             max_body: 8 * 1024 * 1024,
         }
@@ -76,6 +77,10 @@ enum BodyEnd {
     /// No `content-length`: the body ends at the first NUL; bytes before `scanned` have none.
     Nul { scanned: usize },
 }
+
+/// Header spans kept allocated between frames. A frame with more gets its own, freed
+/// after it, so one large frame does not pin its size per idle connection.
+const KEEP_SPANS: usize = 64;
 
 const FRESH: State = State::Head {
     scanned: 0,
@@ -285,6 +290,9 @@ impl StompCodec {
             };
             let value = header_text(&bytes, span.value.clone(), escaping, span.line)?;
             headers.push(name, value);
+        }
+        if self.spans.capacity() > KEEP_SPANS {
+            self.spans = Vec::new();
         }
         Ok(Frame {
             command,
@@ -640,6 +648,25 @@ mod tests {
         assert!(matches!(
             error_of(&exactly),
             FrameError::MissingColon { .. }
+        ));
+    }
+
+    #[test]
+    fn many_headers_pass_by_default_and_leave_no_large_buffer_behind() {
+        let mut wire = b"SEND\n".to_vec();
+        for i in 0..1000 {
+            wire.extend_from_slice(format!("x-h{i}:{i}\n").as_bytes());
+        }
+        wire.extend_from_slice(b"\n\0");
+        let mut codec = StompCodec::default();
+        let items = decode(&mut codec, &wire).unwrap();
+        assert!(matches!(&items[0], Item::Frame(f) if f.headers.len() == 1000));
+        assert!(codec.spans.capacity() <= KEEP_SPANS);
+        let mut one_more = wire[..wire.len() - 2].to_vec();
+        one_more.extend_from_slice(b"x-last:1\n\n\0");
+        assert!(matches!(
+            decode(&mut StompCodec::default(), &one_more),
+            Err(FrameError::TooManyHeaders { limit: 1000 })
         ));
     }
 
