@@ -1,4 +1,5 @@
-//! Configured limits: slow consumers, connections, subscriptions, the CONNECT deadline.
+//! Configured limits: slow consumers, connections, subscriptions, the CONNECT deadline,
+//! header counts.
 
 mod common;
 
@@ -144,4 +145,30 @@ async fn a_header_line_past_the_limit_is_refused_before_it_ends() {
     let error = client.expect_error().await;
     assert!(error.get("message").unwrap().contains("1024"), "{error:?}");
     client.expect_closed().await;
+}
+
+#[tokio::test]
+async fn hundreds_of_headers_pass_with_the_default_limit() {
+    let broker = common::start(&[]);
+    let mut subscriber = Client::connect(broker.addr, &[]).await;
+    subscriber.subscribe("s", "/topic/wide", &[]).await;
+    let mut publisher = Client::connect(broker.addr, &[]).await;
+    let mut frame = Frame::new(Command::Send)
+        .header("destination", "/topic/wide")
+        .header("receipt", "sent");
+    for i in 0..900 {
+        frame = frame.header(format!("x-h{i}"), i.to_string());
+    }
+    publisher.send(&frame).await;
+    publisher.expect_receipt("sent").await;
+    let message = subscriber.expect(Command::Message).await;
+    assert_eq!(
+        message
+            .headers
+            .iter()
+            .filter(|(n, _)| n.starts_with("x-h"))
+            .count(),
+        900
+    );
+    assert_eq!(message.get("x-h899"), Some("899"));
 }

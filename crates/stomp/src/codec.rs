@@ -27,11 +27,12 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// 8 MiB bodies, 64 headers of up to 16 KiB (room for a JWT in `passcode`).
+    /// 8 MiB bodies; 1000 header lines (what RabbitMQ and ActiveMQ accept) of up to
+    /// 16 KiB each (room for a JWT in `passcode`), all within the frame size.
     fn default() -> Limits {
         Limits {
             max_frame_size: 8 * 1024 * 1024 + 256 * 1024,
-            max_headers: 64,
+            max_headers: 1000,
             max_header_line: 16 * 1024,
             max_body: 8 * 1024 * 1024,
         }
@@ -77,6 +78,10 @@ enum BodyEnd {
     Nul { scanned: usize },
 }
 
+/// Header spans kept allocated between frames. A frame with more gets its own, freed
+/// after it, so one large frame does not pin its size per idle connection.
+const KEEP_SPANS: usize = 64;
+
 const FRESH: State = State::Head {
     scanned: 0,
     line_start: 0,
@@ -120,8 +125,12 @@ impl StompCodec {
             unreachable!("scan_head runs only in the Head state")
         };
         let limits = &self.limits;
-        while let Some(offset) = memchr::memchr(b'\n', &src[*scanned..]) {
+        // A NUL is looked for in the same pass as the LFs: the head cannot hold one.
+        while let Some(offset) = memchr::memchr2(b'\n', 0, &src[*scanned..]) {
             let newline = *scanned + offset;
+            if src[newline] == 0 {
+                return Err(FrameError::NulInHeader { line: *lines });
+            }
             let content = &src[*line_start..newline];
             let content = content.strip_suffix(b"\r").unwrap_or(content);
             if content.len() > limits.max_header_line {
@@ -281,6 +290,9 @@ impl StompCodec {
             };
             let value = header_text(&bytes, span.value.clone(), escaping, span.line)?;
             headers.push(name, value);
+        }
+        if self.spans.capacity() > KEEP_SPANS {
+            self.spans = Vec::new();
         }
         Ok(Frame {
             command,
@@ -506,6 +518,54 @@ mod tests {
     }
 
     #[test]
+    fn a_nul_in_the_head_is_refused_in_every_version() {
+        let cases: [(&[u8], usize); 6] = [
+            (b"SEND\nx:a\0ERROR\nmessage:forged\n\n\0", 1),
+            (b"SEND\ndestination:/q\nx\0y:1\n\n\0", 2),
+            (b"CONNECT\naccept-version:1.2\nlogin:a\0b\n\n\0", 2),
+            (b"STOMP\nhost:\0\n\n\0", 1),
+            (b"DISCONNECT\0", 0),
+            (b"\0", 0),
+        ];
+        for version in Version::ALL {
+            for (wire, line) in cases {
+                let mut codec = StompCodec::new(version, Limits::default());
+                assert!(
+                    matches!(
+                        decode(&mut codec, wire),
+                        Err(FrameError::NulInHeader { line: l }) if l == line
+                    ),
+                    "{version} {wire:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_nul_is_refused_before_its_line_ends() {
+        let mut codec = StompCodec::default();
+        let mut src = BytesMut::from(&b"SEND\nx:a"[..]);
+        assert!(codec.decode(&mut src).unwrap().is_none());
+        src.extend_from_slice(b"b\0");
+        assert!(matches!(
+            codec.decode(&mut src),
+            Err(FrameError::NulInHeader { line: 1 })
+        ));
+    }
+
+    #[test]
+    fn nul_still_ends_frames_and_may_sit_in_counted_bodies() {
+        let mut codec = StompCodec::default();
+        let items = decode(
+            &mut codec,
+            b"SEND\ncontent-length:3\n\na\0b\0SUBSCRIBE\nid:1\n\n\0",
+        )
+        .unwrap();
+        assert!(matches!(&items[0], Item::Frame(f) if &f.body[..] == b"a\0b"));
+        assert!(matches!(&items[1], Item::Frame(f) if f.command == Command::Subscribe));
+    }
+
+    #[test]
     fn content_length_must_be_digits_and_exact() {
         for bad in ["abc", "-1", " 5", "5 ", "", "99999999999999999999999"] {
             let wire = format!("SEND\ncontent-length:{bad}\n\n\0");
@@ -588,6 +648,25 @@ mod tests {
         assert!(matches!(
             error_of(&exactly),
             FrameError::MissingColon { .. }
+        ));
+    }
+
+    #[test]
+    fn many_headers_pass_by_default_and_leave_no_large_buffer_behind() {
+        let mut wire = b"SEND\n".to_vec();
+        for i in 0..1000 {
+            wire.extend_from_slice(format!("x-h{i}:{i}\n").as_bytes());
+        }
+        wire.extend_from_slice(b"\n\0");
+        let mut codec = StompCodec::default();
+        let items = decode(&mut codec, &wire).unwrap();
+        assert!(matches!(&items[0], Item::Frame(f) if f.headers.len() == 1000));
+        assert!(codec.spans.capacity() <= KEEP_SPANS);
+        let mut one_more = wire[..wire.len() - 2].to_vec();
+        one_more.extend_from_slice(b"x-last:1\n\n\0");
+        assert!(matches!(
+            decode(&mut StompCodec::default(), &one_more),
+            Err(FrameError::TooManyHeaders { limit: 1000 })
         ));
     }
 

@@ -50,6 +50,16 @@ pub enum FrameError {
         /// The declared length.
         content_length: usize,
     },
+    /// A NUL byte in the command line or a header line (line 0 is the command line).
+    ///
+    /// NUL ends a frame and STOMP has no escape for it, so a header holding one could
+    /// only be passed on by ending the frame early: a SEND could then smuggle a forged
+    /// frame to every subscriber. It is refused whatever the version, CONNECT included.
+    #[error("NUL byte in {}: NUL may only end a frame", line_name(*line))]
+    NulInHeader {
+        /// 0 for the command line, else the 1-based header line number.
+        line: usize,
+    },
     /// A CR not followed by LF where an end of line was expected.
     #[error("bare CR outside a CRLF line ending")]
     BareCarriageReturn,
@@ -85,6 +95,14 @@ pub enum FrameError {
     Io(#[from] io::Error),
 }
 
+/// How error texts name line `line` of a frame head.
+fn line_name(line: usize) -> String {
+    match line {
+        0 => "the command line".to_owned(),
+        n => format!("header line {n}"),
+    }
+}
+
 impl FrameError {
     /// Builds an [`FrameError::UnknownCommand`] from raw bytes, keeping at most 32
     /// printable characters so the reply cannot be used to reflect arbitrary data.
@@ -118,6 +136,18 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "unknown command 'SE?ND?? and much more text after'"
+        );
+    }
+
+    #[test]
+    fn nul_errors_name_the_line() {
+        assert_eq!(
+            FrameError::NulInHeader { line: 0 }.to_string(),
+            "NUL byte in the command line: NUL may only end a frame"
+        );
+        assert_eq!(
+            FrameError::NulInHeader { line: 3 }.to_string(),
+            "NUL byte in header line 3: NUL may only end a frame"
         );
     }
 

@@ -67,6 +67,10 @@ impl Escaping {
     /// With no escaping available (1.0, CONNECT, CONNECTED) a CR or LF cannot be
     /// represented, so each is written as a space rather than corrupting the stream; a
     /// `:` in a name would likewise split the header early and is written as `_`.
+    ///
+    /// No version can represent a NUL (it would end the frame), so one is written as
+    /// U+FFFD, the replacement character. The decoder refuses NUL from peers; this
+    /// covers headers the broker builds from other sources.
     pub(crate) fn escape_into(self, value: &str, is_name: bool, dst: &mut BytesMut) {
         if !needs_escaping(value.as_bytes()) {
             dst.put_slice(value.as_bytes());
@@ -74,6 +78,7 @@ impl Escaping {
         }
         for byte in value.bytes() {
             match (self, byte) {
+                (_, 0) => dst.put_slice(REPLACEMENT),
                 (Escaping::None, b'\r' | b'\n') => dst.put_u8(b' '),
                 (Escaping::None, b':') if is_name => dst.put_u8(b'_'),
                 (Escaping::None, _) => dst.put_u8(byte),
@@ -88,7 +93,10 @@ impl Escaping {
     }
 }
 
-/// Whether `bytes` holds a CR, LF, colon or backslash. Header values are short, so
+/// UTF-8 for U+FFFD, written in place of a NUL.
+const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
+
+/// Whether `bytes` holds a CR, LF, colon, backslash or NUL. Header values are short, so
 /// this looks at 8 bytes per step with word arithmetic rather than one byte at a time.
 fn needs_escaping(bytes: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
@@ -96,12 +104,14 @@ fn needs_escaping(bytes: &[u8]) -> bool {
     // Non-zero exactly when some byte of `word` is zero.
     let has_zero = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS;
     let has = |word: u64, byte: u8| has_zero(word ^ (ONES * u64::from(byte)));
-    let special =
-        |word: u64| has(word, b'\r') | has(word, b'\n') | has(word, b':') | has(word, b'\\') != 0;
+    let special = |word: u64| {
+        has(word, b'\r') | has(word, b'\n') | has(word, b':') | has(word, b'\\') | has_zero(word)
+            != 0
+    };
     let word_at = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
     if bytes.len() < 8 {
-        // Zero padding is not special.
-        let mut padded = [0; 8];
+        // Padding with a byte that is not special.
+        let mut padded = [b'a'; 8];
         padded[..bytes.len()].copy_from_slice(bytes);
         return special(u64::from_ne_bytes(padded));
     }
@@ -130,7 +140,7 @@ mod tests {
     fn every_special_byte_is_found_at_any_position() {
         for len in [1, 5, 7, 8, 9, 16, 31, 32, 33, 100] {
             for at in 0..len {
-                for special in [b'\r', b'\n', b':', b'\\'] {
+                for special in [b'\r', b'\n', b':', b'\\', 0] {
                     let mut bytes = vec![b'a'; len];
                     bytes[at] = special;
                     assert!(needs_escaping(&bytes), "{len} {at} {special}");
@@ -138,7 +148,7 @@ mod tests {
             }
             assert!(!needs_escaping(&vec![b'a'; len]));
         }
-        for byte in (0..=255u8).filter(|b| !matches!(b, b'\r' | b'\n' | b':' | b'\\')) {
+        for byte in (0..=255u8).filter(|b| !matches!(b, b'\r' | b'\n' | b':' | b'\\' | 0)) {
             assert!(!needs_escaping(&[byte; 17]), "{byte}");
         }
     }
@@ -183,6 +193,17 @@ mod tests {
         assert_eq!(escape(Escaping::V12, "a\rb\nc:d\\e"), r"a\rb\nc\cd\\e");
         assert_eq!(escape(Escaping::V11, "a\rb\nc:d\\e"), "a\rb\\nc\\cd\\\\e");
         assert_eq!(escape(Escaping::None, "a\rb\nc:d\\e"), "a b c:d\\e");
+    }
+
+    #[test]
+    fn a_nul_is_never_written() {
+        for rules in [Escaping::None, Escaping::V11, Escaping::V12] {
+            for is_name in [false, true] {
+                let mut dst = BytesMut::new();
+                rules.escape_into("a\0b\0", is_name, &mut dst);
+                assert_eq!(&dst[..], "a\u{FFFD}b\u{FFFD}".as_bytes(), "{rules:?}");
+            }
+        }
     }
 
     #[test]

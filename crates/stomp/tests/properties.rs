@@ -1,5 +1,6 @@
 //! Properties of the codec over generated frames: encoding then decoding is the identity
-//! for every version, and how the bytes are split into reads does not change the result.
+//! for every version, how the bytes are split into reads does not change the result, and
+//! whatever text the headers hold, an encoded frame ends at its own NUL and nowhere else.
 
 use bytes::{Bytes, BytesMut};
 use postbox_stomp::{Command, Escaping, Frame, Headers, Item, StompCodec, Version, encode};
@@ -47,6 +48,40 @@ fn frame_for(version: Version) -> impl Strategy<Value = Frame> {
             body: Bytes::from(body),
         })
     })
+}
+
+/// Any header text, NULs and every byte STOMP treats specially included.
+fn hostile_text(min: usize) -> BoxedStrategy<String> {
+    prop_oneof![
+        prop::string::string_regex(&format!("[a\\x00\r\n:\\\\é]{{{min},8}}")).unwrap(),
+        any::<String>().prop_filter("non-empty", move |t| t.len() >= min),
+    ]
+    .boxed()
+}
+
+fn hostile_headers() -> impl Strategy<Value = Vec<(String, String)>> {
+    prop::collection::vec((hostile_text(1), hostile_text(0)), 0..6)
+}
+
+/// Bytes without a NUL, so the only NUL of an encoded frame must be its last byte.
+fn nul_free_body() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(1..=255u8, 0..64)
+}
+
+/// Decodes `wire` as a whole and returns its items; any error fails the property.
+fn decode_whole(wire: &[u8], version: Version) -> Result<Vec<Item>, TestCaseError> {
+    let mut codec = StompCodec::new(version, Default::default());
+    let mut src = BytesMut::from(wire);
+    let mut items = Vec::new();
+    loop {
+        match codec.decode(&mut src) {
+            Ok(Some(item)) => items.push(item),
+            Ok(None) => break,
+            Err(error) => return Err(TestCaseError::fail(format!("{error}: {wire:?}"))),
+        }
+    }
+    prop_assert!(src.is_empty(), "leftover bytes {:?}", src);
+    Ok(items)
 }
 
 fn encode_all(frames: &[Frame], version: Version, heart_beats: bool) -> BytesMut {
@@ -117,4 +152,54 @@ proptest! {
         let every_byte: Vec<usize> = (1..wire.len()).collect();
         prop_assert_eq!(&decode_chunked(&wire, version, &every_byte), &whole);
     }
+
+    #[test]
+    fn no_header_text_puts_a_nul_before_the_end_of_a_frame(
+        version in version(),
+        command in command(),
+        headers in hostile_headers(),
+        body in nul_free_body(),
+    ) {
+        let frame = Frame {
+            command,
+            headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
+            body: if command.allows_body() { Bytes::from(body) } else { Bytes::new() },
+        };
+        let mut wire = BytesMut::new();
+        encode::encode_frame(&frame, version, &mut wire);
+        prop_assert_eq!(memchr_nul(&wire), Some(wire.len() - 1), "{:?}", wire);
+        // A NUL-splitting peer and this decoder both see exactly that one frame.
+        let items = decode_whole(&wire, version)?;
+        prop_assert_eq!(items.len(), 1);
+        let Item::Frame(decoded) = &items[0] else { panic!("{items:?}") };
+        prop_assert_eq!(decoded.command, command);
+        prop_assert_eq!(&decoded.body, &frame.body);
+    }
+
+    #[test]
+    fn a_message_head_and_tail_put_no_nul_before_the_end(
+        version in version(),
+        subscription in hostile_text(0),
+        destination in hostile_text(0),
+        message_id in hostile_text(0),
+        headers in hostile_headers(),
+        body in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let headers: Headers = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let mut wire = BytesMut::new();
+        encode::put_message_head(&[("subscription", &subscription)], version, &mut wire);
+        wire.extend_from_slice(&encode::message_tail(&destination, &message_id, &headers, &body, version));
+        // The body may hold NULs (it is counted by content-length); the head may not.
+        let head_len = wire.len() - body.len() - 1;
+        prop_assert_eq!(memchr_nul(&wire[..head_len]), None, "{:?}", wire);
+        prop_assert_eq!(wire.last(), Some(&0));
+        let items = decode_whole(&wire, version)?;
+        prop_assert_eq!(items.len(), 1);
+        let Item::Frame(decoded) = &items[0] else { panic!("{items:?}") };
+        prop_assert_eq!(&decoded.body[..], &body[..]);
+    }
+}
+
+fn memchr_nul(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == 0)
 }

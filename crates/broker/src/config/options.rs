@@ -320,7 +320,13 @@ pub const OPTIONS: &[OptionSpec] = &[
         "8388608",
         "Largest frame body in bytes.",
     ),
-    opt("max-headers", Kind::Int, "64", "Most headers in one frame."),
+    opt(
+        "max-headers",
+        Kind::Int,
+        "1000",
+        "Most header lines in one frame, as RabbitMQ and ActiveMQ allow; max-header-length \
+         and max-frame-size bound their bytes.",
+    ),
     opt(
         "max-header-length",
         Kind::Int,
