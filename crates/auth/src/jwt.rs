@@ -52,7 +52,24 @@ pub enum TokenError {
     /// A claim that is needed is absent or has the wrong type.
     #[error("claim '{0}' is missing or not usable")]
     MissingClaim(String),
+    /// A time claim (`exp`, `nbf`, `iat`) is a number but no date a clock will show:
+    /// negative, or past [`MAX_NUMERIC_DATE`].
+    #[error("claim '{claim}' is {value}, outside the dates accepted (0 to {MAX_NUMERIC_DATE})")]
+    OutOfRange {
+        /// The claim.
+        claim: String,
+        /// Its value as the token gives it.
+        value: String,
+    },
 }
+
+/// The latest time claim accepted, 9999-12-31T23:59:59Z in seconds since the epoch.
+///
+/// NumericDate (RFC 7519 section 2) may be any JSON number, so a validly signed token can
+/// carry `exp: 18446744073709551615` or `exp: 1e300`. Refusing dates past this one keeps
+/// every deadline derived from a claim (`Instant` and `Duration` arithmetic in the broker)
+/// far from overflow, and costs nothing: no issuer means a token to outlive year 9999.
+pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
 
 /// One verification key.
 #[derive(Clone)]
@@ -252,17 +269,7 @@ impl JwtVerifier {
 
     fn check_claims(&self, claims: &Value, now: u64) -> Result<VerifiedToken, TokenError> {
         let settings = &self.settings;
-        let number = |name: &str| -> Result<Option<u64>, TokenError> {
-            match claims.get(name) {
-                None | Some(Value::Null) => Ok(None),
-                Some(value) => value
-                    .as_u64()
-                    .or_else(|| value.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-                    .map(Some)
-                    .ok_or_else(|| TokenError::MissingClaim(name.to_owned())),
-            }
-        };
-        let expires_at = number("exp")?;
+        let expires_at = numeric_date(claims, "exp")?;
         match expires_at {
             Some(exp) if now > exp.saturating_add(settings.leeway_s) => {
                 return Err(TokenError::Expired {
@@ -273,7 +280,9 @@ impl JwtVerifier {
             None if settings.require_exp => return Err(TokenError::MissingClaim("exp".into())),
             _ => {}
         }
-        if let Some(nbf) = number("nbf")?
+        // Not compared with the clock (issuers' clocks drift), but still a date.
+        numeric_date(claims, "iat")?;
+        if let Some(nbf) = numeric_date(claims, "nbf")?
             && now.saturating_add(settings.leeway_s) < nbf
         {
             return Err(TokenError::NotYetValid {
@@ -309,6 +318,33 @@ impl JwtVerifier {
     }
 }
 
+/// The time claim `name` in whole seconds since the epoch (a fraction is dropped), `None`
+/// when absent or null. Anything else than a number in `0..=MAX_NUMERIC_DATE` is refused
+/// with a reason that names the claim, never wrapped, saturated or cast.
+fn numeric_date(claims: &Value, name: &str) -> Result<Option<u64>, TokenError> {
+    let number = match claims.get(name) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(number)) => number,
+        Some(_) => return Err(TokenError::MissingClaim(name.to_owned())),
+    };
+    let seconds = match number.as_u64() {
+        Some(whole) => Some(whole),
+        // Negative integers and floats; NaN and infinities are not JSON numbers.
+        None => number
+            .as_f64()
+            .map(f64::floor)
+            .filter(|f| (0.0..=MAX_NUMERIC_DATE as f64).contains(f))
+            .map(|f| f as u64),
+    };
+    seconds
+        .filter(|s| *s <= MAX_NUMERIC_DATE)
+        .map(Some)
+        .ok_or_else(|| TokenError::OutOfRange {
+            claim: name.to_owned(),
+            value: number.to_string(),
+        })
+}
+
 /// A claim that is a string (space-separated words) or a list of strings.
 fn strings(value: Option<&Value>) -> Vec<String> {
     match value {
@@ -319,5 +355,112 @@ fn strings(value: Option<&Value>) -> Vec<String> {
             .map(str::to_owned)
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn verifier() -> JwtVerifier {
+        JwtVerifier::new(
+            vec![JwtKey::hmac(b"0123456789abcdef0123456789abcdef")],
+            JwtSettings::default(),
+        )
+        .unwrap()
+    }
+
+    /// The claims of a token that passed its signature check, with `extra` set.
+    fn check(extra: Value) -> Result<VerifiedToken, TokenError> {
+        let mut claims = json!({"sub": "alice", "exp": NOW + 600});
+        for (name, value) in extra.as_object().unwrap() {
+            claims[name] = value.clone();
+        }
+        verifier().check_claims(&claims, NOW)
+    }
+
+    fn out_of_range(claim: &str, value: &str) -> Result<VerifiedToken, TokenError> {
+        Err(TokenError::OutOfRange {
+            claim: claim.into(),
+            value: value.into(),
+        })
+    }
+
+    #[test]
+    fn exp_past_any_clock_is_refused_not_saturated() {
+        assert_eq!(
+            check(json!({"exp": u64::MAX})),
+            out_of_range("exp", "18446744073709551615")
+        );
+        assert_eq!(check(json!({"exp": 1e300})), out_of_range("exp", "1e+300"));
+        assert_eq!(
+            check(json!({"exp": MAX_NUMERIC_DATE + 1})),
+            out_of_range("exp", "253402300800")
+        );
+        let latest = check(json!({"exp": MAX_NUMERIC_DATE})).unwrap();
+        assert_eq!(latest.expires_at, Some(MAX_NUMERIC_DATE));
+        let latest = check(json!({"exp": MAX_NUMERIC_DATE as f64 + 0.5})).unwrap();
+        assert_eq!(latest.expires_at, Some(MAX_NUMERIC_DATE));
+    }
+
+    #[test]
+    fn negative_dates_are_refused() {
+        assert_eq!(check(json!({"exp": -1})), out_of_range("exp", "-1"));
+        assert_eq!(check(json!({"exp": -0.5})), out_of_range("exp", "-0.5"));
+        assert_eq!(
+            check(json!({"nbf": -1e300})),
+            out_of_range("nbf", "-1e+300")
+        );
+    }
+
+    #[test]
+    fn nbf_and_iat_are_dates_too() {
+        assert_eq!(
+            check(json!({"nbf": u64::MAX})),
+            out_of_range("nbf", "18446744073709551615")
+        );
+        assert_eq!(check(json!({"nbf": 1e300})), out_of_range("nbf", "1e+300"));
+        assert_eq!(
+            check(json!({"nbf": NOW + 3600})),
+            Err(TokenError::NotYetValid {
+                not_before: NOW + 3600,
+                now: NOW
+            })
+        );
+        assert_eq!(check(json!({"iat": 1e300})), out_of_range("iat", "1e+300"));
+        assert_eq!(
+            check(json!({"iat": "yesterday"})),
+            Err(TokenError::MissingClaim("iat".into()))
+        );
+        assert!(check(json!({"iat": 1_799_999_999.75})).is_ok());
+    }
+
+    #[test]
+    fn fractional_dates_drop_the_fraction() {
+        let verified = check(json!({"exp": (NOW + 600) as f64 + 0.9})).unwrap();
+        assert_eq!(verified.expires_at, Some(NOW + 600));
+        assert!(check(json!({"exp": NOW as f64 - 29.5})).is_ok(), "leeway");
+        assert_eq!(
+            check(json!({"exp": NOW as f64 - 31.5})),
+            Err(TokenError::Expired {
+                expired_at: NOW - 32,
+                now: NOW
+            })
+        );
+    }
+
+    #[test]
+    fn the_leeway_cannot_overflow() {
+        let settings = JwtSettings {
+            leeway_s: u64::MAX,
+            ..JwtSettings::default()
+        };
+        let lenient = JwtVerifier::new(vec![JwtKey::hmac(b"k")], settings).unwrap();
+        let claims = json!({"sub": "alice", "exp": MAX_NUMERIC_DATE, "nbf": MAX_NUMERIC_DATE});
+        assert!(lenient.check_claims(&claims, u64::MAX).is_ok());
     }
 }

@@ -245,3 +245,44 @@ fn a_plain_text_password_in_the_users_file_stops_the_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("plain text is refused"), "{stderr}");
 }
+
+#[tokio::test]
+async fn tokens_with_absurd_time_claims_get_an_error_frame() {
+    let secret = "a-secret-for-the-numeric-claims-test-12345";
+    let broker = common::start(&["--jwt-secret", secret]);
+    for claims in [
+        r#"{"sub":"alice","exp":18446744073709551615}"#,
+        r#"{"sub":"alice","exp":1e300}"#,
+        r#"{"sub":"alice","exp":-1}"#,
+        r#"{"sub":"alice","exp":4102444800,"nbf":1e300}"#,
+        r#"{"sub":"alice","exp":4102444800,"iat":1e300}"#,
+    ] {
+        let token = common::hs256(secret, claims);
+        let mut client = Client::open(broker.addr).await;
+        client
+            .send(
+                &Frame::new(Command::Connect)
+                    .header("accept-version", "1.2")
+                    .header("Authorization", format!("Bearer {token}")),
+            )
+            .await;
+        let reply = client.next_frame(Duration::from_secs(5)).await;
+        let reply = reply.unwrap_or_else(|| panic!("no frame for {claims}"));
+        assert_eq!(reply.command, Command::Error, "{claims}");
+        assert_eq!(
+            reply.get("message"),
+            Some("authentication failed"),
+            "{claims}"
+        );
+        client.expect_closed().await;
+    }
+    // A far but reachable expiry is fine, and the session's expiry timer copes with it.
+    let token = common::hs256(
+        secret,
+        r#"{"sub":"alice","exp":253402300799.5,"scope":"read:/topic/t write:/topic/t"}"#,
+    );
+    let mut client = Client::connect(broker.addr, &[("passcode", &token)]).await;
+    client.subscribe("0", "/topic/t", &[]).await;
+    client.publish("/topic/t", "still here").await;
+    client.expect(Command::Message).await;
+}

@@ -677,11 +677,17 @@ impl Session {
         ReaderEnd::Failed(error)
     }
 
-    /// When the session's token expires, as a timer deadline.
+    /// When the session's token expires, as a timer deadline. Tokens' dates are bounded
+    /// (`postbox_auth::jwt::MAX_NUMERIC_DATE`), but an expiry past what the clock can
+    /// represent still means "not in this process's lifetime", never a panic.
     fn token_deadline(&self) -> Option<tokio::time::Instant> {
         let expires_at = self.principal.expires_at?;
         let left = expires_at.saturating_sub(auth::now());
-        Some(tokio::time::Instant::now() + Duration::from_secs(left))
+        let now = tokio::time::Instant::now();
+        Some(
+            now.checked_add(Duration::from_secs(left))
+                .unwrap_or_else(far_future),
+        )
     }
 
     /// A fresh token in an `Authorization` header replaces the session's, if it names
