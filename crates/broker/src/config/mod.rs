@@ -480,7 +480,12 @@ pub fn reference() -> String {
     out.push_str(
         "\n\nLists are TOML arrays in the file and comma-separated in flags and variables; \
          `acl` is a TOML array of tables everywhere. Options marked *reload* take effect on \
-         SIGHUP for connections made afterwards; the others need a restart.\n\n",
+         SIGHUP for connections made afterwards; the others need a restart, and a reload \
+         that changes one logs a warning and keeps the running value. A reload that would \
+         turn authentication off (no users file and no JWT keys left where there were \
+         some), or leave a non-loopback listener without authentication and without \
+         allow-anonymous, is refused as a whole with an error in the log, and so is one \
+         whose users file or keys cannot be read.\n\n",
     );
     out.push_str("| Option | Variable | Type | Default | | Meaning |\n|---|---|---|---|---|---|\n");
     for spec in OPTIONS {

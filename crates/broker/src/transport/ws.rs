@@ -10,7 +10,6 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
@@ -35,8 +34,6 @@ pub struct WsSettings {
     pub max_message: usize,
     /// Origins allowed to connect; empty allows any. `*` also allows any.
     pub allowed_origins: Vec<String>,
-    /// Time allowed for the HTTP request.
-    pub request_timeout: Duration,
 }
 
 /// What an accepted HTTP connection turned out to be.
@@ -69,7 +66,9 @@ pub async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (request, rest) = match http::read_request(&mut stream, settings.request_timeout).await? {
+    // The request has connect-timeout-ms, as reloaded last.
+    let timeout = state.settings().connect_timeout;
+    let (request, rest) = match http::read_request(&mut stream, timeout).await? {
         http::Read::Request(request, rest) => (request, rest),
         http::Read::Refused(response) => {
             http::respond(&mut stream, response).await?;
