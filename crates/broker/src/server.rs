@@ -261,6 +261,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             path: config.ws_path.clone(),
             max_message: config.ws_max_message_size,
             allowed_origins: config.ws_allowed_origins.clone(),
+            http_endpoints: config.ws_http_endpoints,
         }),
         query_param: config.jwt_query_param.clone(),
     };
@@ -278,6 +279,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             && config.ws_allowed_origins.is_empty()
         {
             warn!(%addr, "WebSocket listener accepts any Origin; set ws-allowed-origins to refuse cross-site pages");
+        }
+        if matches!(transport, Transport::Ws | Transport::Wss)
+            && !addr.ip().is_loopback()
+            && config.ws_http_endpoints
+        {
+            warn!(%addr, "ws-http-endpoints serves /metrics and the admin API on this public WebSocket listener");
         }
         listening.push(Listening { transport, addr });
         shared

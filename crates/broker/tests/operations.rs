@@ -30,7 +30,7 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn metrics_count_connections_traffic_queues_and_disconnect_reasons() {
-    let broker = start(&["--ws-listen", "127.0.0.1:0"]);
+    let broker = start(&["--ws-listen", "127.0.0.1:0", "--ws-http-endpoints"]);
     let http = broker.listener("http");
     let mut client = Client::connect(broker.addr, &[]).await;
     client.subscribe("0", "/topic/metrics", &[]).await;
@@ -96,7 +96,7 @@ async fn metrics_count_connections_traffic_queues_and_disconnect_reasons() {
         Some(3.0)
     );
     assert!(metric(&text, "postbox_received_bytes_total").unwrap() > 0.0);
-    // The WebSocket listener serves the same.
+    // With ws-http-endpoints, the WebSocket listener serves the same.
     let (status, text) = get(broker.listener("ws"), "/metrics").await;
     assert_eq!(status, 200);
     assert!(text.contains("postbox_connections"));

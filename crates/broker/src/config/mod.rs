@@ -37,6 +37,7 @@ Precedence: flags over the file, the file over the environment, the environment 
 pub struct Config {
     pub listen: Vec<String>,
     pub http_listen: Vec<String>,
+    pub ws_http_endpoints: bool,
     pub admin_token: String,
     pub admin_role: String,
     pub metrics_queue_top: usize,

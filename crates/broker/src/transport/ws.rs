@@ -1,5 +1,5 @@
 //! The WebSocket transport: the upgrade (Origin checks, STOMP subprotocol choice; other
-//! HTTP requests go to [`crate::http`]) and [`WsIo`], which shows the session the
+//! HTTP requests go to [`crate::http`], probes only unless `ws-http-endpoints`) and [`WsIo`], which shows the session the
 //! message stream as plain bytes.
 //!
 //! STOMP over WebSocket needs no framing of its own: several STOMP frames may share a
@@ -34,6 +34,8 @@ pub struct WsSettings {
     pub max_message: usize,
     /// Origins allowed to connect; empty allows any. `*` also allows any.
     pub allowed_origins: Vec<String>,
+    /// Whether other paths get `/metrics` and the admin API, or only the probes.
+    pub http_endpoints: bool,
 }
 
 /// What an accepted HTTP connection turned out to be.
@@ -57,7 +59,8 @@ pub struct WsRequest<S> {
 }
 
 /// Reads one HTTP request and answers it: the STOMP path upgrades to WebSocket; other
-/// requests (`/healthz`, `/readyz`, `/metrics`, the admin API) are served as plain HTTP.
+/// requests get the health probes (and, with [`WsSettings::http_endpoints`], `/metrics`
+/// and the admin API) as plain HTTP.
 pub async fn accept<S>(
     mut stream: S,
     settings: &WsSettings,
@@ -76,7 +79,12 @@ where
         }
     };
     if request.path != settings.path {
-        http::respond(&mut stream, http::handle(state, &request)).await?;
+        let response = if settings.http_endpoints {
+            http::handle(state, &request)
+        } else {
+            http::probe(state, &request)
+        };
+        http::respond(&mut stream, response).await?;
         return Ok(Accepted::Answered);
     }
     if let Some(refusal) = refuse_upgrade(&request, settings) {
