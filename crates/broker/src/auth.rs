@@ -64,13 +64,14 @@ fn build(config: &Config) -> Result<Authenticator, String> {
         }
     };
     let mut keys = Vec::new();
-    if !config.jwt_secret.is_empty() {
-        if config.jwt_secret.len() < 32 {
+    let jwt_secret = config.jwt_secret.expose();
+    if !jwt_secret.is_empty() {
+        if jwt_secret.len() < 32 {
             return Err(
                 "jwt-secret must be at least 32 bytes; shorter secrets can be brute-forced".into(),
             );
         }
-        keys.push(JwtKey::hmac(config.jwt_secret.as_bytes()));
+        keys.push(JwtKey::hmac(jwt_secret.as_bytes()));
     }
     for path in &config.jwt_public_keys {
         let pem = read(path, "jwt-public-keys file")?;

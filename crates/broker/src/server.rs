@@ -245,7 +245,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         certs: certs.clone(),
         cluster,
         metrics_queue_top: config.metrics_queue_top,
-        admin_token: (!config.admin_token.is_empty()).then(|| config.admin_token.clone()),
+        admin_token: config.admin_token.clone(),
         admin_role: config.admin_role.clone(),
     });
     let shutdown = CancellationToken::new();

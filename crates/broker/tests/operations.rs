@@ -589,3 +589,53 @@ async fn options_that_need_a_restart_say_so_on_reload() {
         "{log}"
     );
 }
+
+// ===== secrets =====
+
+#[test]
+fn print_config_and_check_config_show_no_secret() {
+    let jwt = "a-jwt-secret-that-must-stay-hidden-0123456789";
+    let output = Process::new(common::binary())
+        .args([
+            "print-config",
+            "--cluster",
+            "redis://postbox:redis-pw-hidden@127.0.0.1:1",
+        ])
+        .env("POSTBOX_JWT_SECRET", jwt)
+        .env("POSTBOX_ADMIN_TOKEN", "admin-token-hidden")
+        .env("POSTBOX_CLUSTER_PASSWORD", "cluster-pw-hidden")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).unwrap();
+    for secret in [
+        jwt,
+        "admin-token-hidden",
+        "redis-pw-hidden",
+        "cluster-pw-hidden",
+    ] {
+        assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+    }
+    assert!(printed.contains("jwt-secret = \"****\""), "{printed}");
+    assert!(
+        printed.contains("cluster = \"redis://postbox:****@127.0.0.1:1\""),
+        "{printed}"
+    );
+
+    let dir = temp_dir("postbox-check-secret");
+    let file = dir.join("broken.toml");
+    std::fs::write(
+        &file,
+        format!("listen = [\"127.0.0.1:0\"]\njwt-secret = \"{jwt}\n"),
+    )
+    .unwrap();
+    let output = Process::new(common::binary())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let complaint = String::from_utf8_lossy(&output.stderr);
+    assert!(complaint.contains("line 2"), "{complaint}");
+    assert!(!complaint.contains(jwt), "{complaint}");
+}
