@@ -81,7 +81,8 @@ pub enum StartError {
     #[error(
         "refusing to listen on {0}: no authentication is configured, so anyone who can reach \
          this address could use the broker; listen on a loopback address (127.0.0.1), \
-         configure authentication, or pass --allow-anonymous"
+         configure authentication (users-file or jwt-*), or allow it explicitly with \
+         --allow-anonymous (POSTBOX_ALLOW_ANONYMOUS=true)"
     )]
     Insecure(SocketAddr),
     /// Binding failed.
