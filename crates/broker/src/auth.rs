@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use postbox_auth::{Authenticator, JwtKey, JwtSettings, JwtVerifier, Rules, Users};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::Config;
 
@@ -13,7 +13,6 @@ use crate::Config;
 #[derive(Debug)]
 pub struct AuthHandle {
     current: RwLock<Arc<Authenticator>>,
-    config: RwLock<Config>,
 }
 
 impl AuthHandle {
@@ -21,7 +20,6 @@ impl AuthHandle {
     pub fn load(config: &Config) -> Result<Arc<AuthHandle>, String> {
         Ok(Arc::new(AuthHandle {
             current: RwLock::new(Arc::new(build(config)?)),
-            config: RwLock::new(config.clone()),
         }))
     }
 
@@ -33,27 +31,16 @@ impl AuthHandle {
             .clone()
     }
 
-    /// Uses `config`'s authentication options at the next [`AuthHandle::reload`].
-    pub fn replace_config(&self, config: &Config) {
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
+    /// Builds the authenticator `config` describes, reading its files again, without
+    /// putting it in force: a reload checks it first and may still refuse it.
+    pub fn prepare(config: &Config) -> Result<Authenticator, String> {
+        build(config)
     }
 
-    /// Reads the files again; on error the previous authenticator stays.
-    pub fn reload(&self) {
-        let config = self
-            .config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        match build(&config) {
-            Ok(fresh) => {
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
-                info!("authentication keys and users reloaded");
-            }
-            Err(error) => {
-                warn!("authentication reload refused, keeping the previous keys and users: {error}")
-            }
-        }
+    /// Puts an authenticator from [`AuthHandle::prepare`] in force for new CONNECTs.
+    pub fn install(&self, authenticator: Authenticator) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(authenticator);
+        info!("authentication keys and users reloaded");
     }
 }
 
@@ -77,13 +64,14 @@ fn build(config: &Config) -> Result<Authenticator, String> {
         }
     };
     let mut keys = Vec::new();
-    if !config.jwt_secret.is_empty() {
-        if config.jwt_secret.len() < 32 {
+    let jwt_secret = config.jwt_secret.expose();
+    if !jwt_secret.is_empty() {
+        if jwt_secret.len() < 32 {
             return Err(
                 "jwt-secret must be at least 32 bytes; shorter secrets can be brute-forced".into(),
             );
         }
-        keys.push(JwtKey::hmac(config.jwt_secret.as_bytes()));
+        keys.push(JwtKey::hmac(jwt_secret.as_bytes()));
     }
     for path in &config.jwt_public_keys {
         let pem = read(path, "jwt-public-keys file")?;

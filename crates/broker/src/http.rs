@@ -1,6 +1,6 @@
 //! The HTTP side of the broker: `/healthz`, `/readyz`, `/metrics` and the admin API,
-//! served on the `http-listen` addresses and on WebSocket listeners for requests that
-//! are not upgrades. One request per connection; enough for probes, scrapers and
+//! served on the `http-listen` addresses. WebSocket listeners answer the probes for
+//! requests that are not upgrades, and the rest only with `ws-http-endpoints`. One request per connection; enough for probes, scrapers and
 //! operators, with nothing to tune.
 
 use std::io;
@@ -238,11 +238,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = respond(&mut stream, response).await;
 }
 
-/// Answers a request that is not a WebSocket upgrade.
+/// Answers a request on an HTTP listener (or, with `ws-http-endpoints`, a request on a
+/// WebSocket listener that is not for the STOMP path): the probes, `/metrics` and the
+/// admin API.
 pub fn handle(state: &BrokerState, request: &Request) -> Response {
     match (request.method.as_str(), request.path.as_str()) {
-        ("GET", "/healthz") => Response::text(200, "ok\n"),
-        ("GET", "/readyz") => readiness(state),
         ("GET", "/metrics") => Response {
             status: 200,
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -252,7 +252,19 @@ pub fn handle(state: &BrokerState, request: &Request) -> Response {
         (_, path) if path == "/admin" || path.starts_with("/admin/") => {
             admin::handle(state, request)
         }
-        (_, "/healthz" | "/readyz" | "/metrics") => {
+        (_, "/metrics") => Response::text(405, "only GET\n").with_header("Allow", "GET"),
+        _ => probe(state, request),
+    }
+}
+
+/// Answers only the health probes, `/healthz` and `/readyz`, and 404 to anything else:
+/// what a WebSocket listener serves besides the STOMP path by default, since it faces
+/// the clients and metrics and the admin API belong on `http-listen`.
+pub fn probe(state: &BrokerState, request: &Request) -> Response {
+    match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/healthz") => Response::text(200, "ok\n"),
+        ("GET", "/readyz") => readiness(state),
+        (_, "/healthz" | "/readyz") => {
             Response::text(405, "only GET\n").with_header("Allow", "GET")
         }
         _ => Response::text(404, "not found\n"),

@@ -23,4 +23,4 @@ pub mod transport;
 pub mod vhost;
 
 pub use config::Config;
-pub use server::{Listening, Running, StartError, Transport, start};
+pub use server::{Listening, ReloadError, Running, StartError, Transport, start};

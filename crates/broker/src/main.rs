@@ -110,7 +110,11 @@ async fn run(config: Config, args: Vec<std::ffi::OsString>) -> ExitCode {
                 // The same command line and environment, with the file read again.
                 info!("SIGHUP received: reloading the configuration");
                 match config::load(args.clone(), |var| std::env::var(var).ok()) {
-                    Ok(fresh) => running.reload(fresh.config),
+                    Ok(fresh) => {
+                        if let Err(error) = running.reload(fresh.config) {
+                            error!("reload refused, nothing changed: {error}");
+                        }
+                    }
                     Err(error) => error!("reload refused, nothing changed: {error}"),
                 }
             }

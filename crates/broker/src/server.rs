@@ -84,7 +84,8 @@ pub enum StartError {
     #[error(
         "refusing to listen on {0}: no authentication is configured, so anyone who can reach \
          this address could use the broker; listen on a loopback address (127.0.0.1), \
-         configure authentication, or pass --allow-anonymous"
+         configure authentication (users-file or jwt-*), or allow it explicitly with \
+         --allow-anonymous (POSTBOX_ALLOW_ANONYMOUS=true)"
     )]
     Insecure(SocketAddr),
     /// Binding failed.
@@ -104,6 +105,81 @@ pub enum StartError {
     /// The cluster cannot be joined.
     #[error("{0}")]
     Cluster(#[from] postbox_cluster::ClusterError),
+}
+
+/// Why a reload was refused. The running configuration stays in force, all of it.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new configuration has no users and no keys where the running one had some.
+    #[error(
+        "removing {0} would turn authentication off and let anyone in with every right; \
+         restart postbox to run without authentication"
+    )]
+    RemovesAuthentication(String),
+    /// A public listener would be left without authentication or `allow-anonymous`.
+    #[error(
+        "listener {0} is not on loopback, and the new configuration has no authentication \
+         and no allow-anonymous; configure authentication or set allow-anonymous"
+    )]
+    Insecure(SocketAddr),
+    /// A users file or JWT key named by the new configuration is unusable.
+    #[error("authentication: {0}")]
+    Auth(String),
+}
+
+/// Whether going from `old` to `new` (each a configuration and whether its
+/// authenticator is open, that is has no users and no keys) must be refused.
+fn reload_refusal(
+    (old, old_open): (&Config, bool),
+    (new, new_open): (&Config, bool),
+    listening: &[Listening],
+) -> Option<ReloadError> {
+    if !new_open {
+        return None;
+    }
+    if !old_open {
+        let sources = [
+            (
+                "users-file",
+                old.users_file.is_empty(),
+                new.users_file.is_empty(),
+            ),
+            (
+                "jwt-secret",
+                old.jwt_secret.is_empty(),
+                new.jwt_secret.is_empty(),
+            ),
+            (
+                "jwt-public-keys",
+                old.jwt_public_keys.is_empty(),
+                new.jwt_public_keys.is_empty(),
+            ),
+            (
+                "jwt-jwks-file",
+                old.jwt_jwks_file.is_empty(),
+                new.jwt_jwks_file.is_empty(),
+            ),
+        ];
+        let removed: Vec<&str> = sources
+            .iter()
+            .filter(|(_, was_unset, unset)| !was_unset && *unset)
+            .map(|(name, _, _)| *name)
+            .collect();
+        let removed = if removed.is_empty() {
+            // Same options, but the files now hold no users or keys.
+            "every user and key".to_owned()
+        } else {
+            removed.join(" and ")
+        };
+        return Some(ReloadError::RemovesAuthentication(removed));
+    }
+    if new.allow_anonymous {
+        return None;
+    }
+    listening
+        .iter()
+        .find(|l| l.transport != Transport::Http && !l.addr.ip().is_loopback())
+        .map(|l| ReloadError::Insecure(l.addr))
 }
 
 /// A running broker.
@@ -173,7 +249,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         certs: certs.clone(),
         cluster,
         metrics_queue_top: config.metrics_queue_top,
-        admin_token: (!config.admin_token.is_empty()).then(|| config.admin_token.clone()),
+        admin_token: config.admin_token.clone(),
         admin_role: config.admin_role.clone(),
     });
     let shutdown = CancellationToken::new();
@@ -189,7 +265,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             path: config.ws_path.clone(),
             max_message: config.ws_max_message_size,
             allowed_origins: config.ws_allowed_origins.clone(),
-            request_timeout: config.connect_timeout(),
+            http_endpoints: config.ws_http_endpoints,
         }),
         query_param: config.jwt_query_param.clone(),
     };
@@ -207,6 +283,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             && config.ws_allowed_origins.is_empty()
         {
             warn!(%addr, "WebSocket listener accepts any Origin; set ws-allowed-origins to refuse cross-site pages");
+        }
+        if matches!(transport, Transport::Ws | Transport::Wss)
+            && !addr.ip().is_loopback()
+            && config.ws_http_endpoints
+        {
+            warn!(%addr, "ws-http-endpoints serves /metrics and the admin API on this public WebSocket listener");
         }
         listening.push(Listening { transport, addr });
         shared
@@ -256,29 +338,32 @@ impl Running {
     }
 
     /// Applies a freshly loaded configuration, as on SIGHUP: the TLS certificate, JWT
-    /// keys, the users file and every limit take effect for new connections (and new
-    /// handshakes); options that need a restart are named in the log and left alone.
-    pub fn reload(&mut self, fresh: Config) {
-        if let Some(store) = &self.state.certs {
-            store.reload_logged("reload requested");
-        }
+    /// keys, the users file, access rules and every limit take effect for new connections
+    /// (and new handshakes); options that need a restart keep their running values and
+    /// are named in the log. A configuration that would open the broker to anonymous
+    /// clients is refused as a whole, and so is one whose authentication files cannot be
+    /// read: then nothing changes.
+    pub fn reload(&mut self, fresh: Config) -> Result<(), ReloadError> {
         let changed = self.config.differences(&fresh);
-        let (live, restart): (Vec<&str>, Vec<&str>) = changed
-            .iter()
-            .map(|(name, _, _)| *name)
-            .partition(|name| crate::config::reloadable(name));
-        for (name, old, new) in &changed {
-            if crate::config::reloadable(name) {
-                info!(option = name, old = %old, new = %new, "reloaded");
+        let mut applied = fresh;
+        // Keep what cannot change at runtime, so later reloads compare against what runs.
+        for (name, _, _) in &changed {
+            if !crate::config::reloadable(name) {
+                applied.restore(name, &self.config);
             }
         }
-        if !restart.is_empty() {
-            warn!(options = ?restart, "changed, but only take effect after a restart");
+        let authenticator = AuthHandle::prepare(&applied).map_err(ReloadError::Auth)?;
+        if let Some(refusal) = reload_refusal(
+            (&self.config, self.state.auth.current().is_open()),
+            (&applied, authenticator.is_open()),
+            &self.listening,
+        ) {
+            return Err(refusal);
         }
-        let mut applied = fresh.clone();
-        // Keep what cannot change at runtime, so later reloads compare against what runs.
-        for name in &restart {
-            applied.restore(name, &self.config);
+
+        // Accepted: from here on everything is applied.
+        if let Some(store) = &self.state.certs {
+            store.reload_logged("reload requested");
         }
         if applied.max_connections != self.config.max_connections {
             let (old, new) = (self.config.max_connections, applied.max_connections);
@@ -299,14 +384,21 @@ impl Running {
         self.state
             .memory
             .set_limit(crate::memory::watermark(applied.memory_high_watermark));
-        if live
-            .iter()
-            .any(|name| name.starts_with("jwt-") || *name == "users-file" || *name == "acl")
-        {
-            self.state.auth.replace_config(&applied);
-        }
-        self.state.auth.reload();
+        self.state.auth.install(authenticator);
         self.config = applied;
+        for (name, old, new) in &changed {
+            if crate::config::reloadable(name) {
+                info!(option = *name, old = %old, new = %new, "reloaded");
+            } else {
+                warn!(
+                    option = *name,
+                    running = %old,
+                    configured = %new,
+                    "changed, but needs a restart; the running value stays"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Stops accepting, then closes sessions spread over the lame-duck window (so a
@@ -385,7 +477,8 @@ impl Shared {
             let _ = stream.set_nodelay(true);
             if transport == Transport::Http {
                 let state = self.context.state.clone();
-                let timeout = self.ws.request_timeout;
+                // connect-timeout-ms, as reloaded last.
+                let timeout = self.context.state.settings().connect_timeout;
                 self.tracker
                     .spawn(async move { http::serve(stream, &state, timeout).await });
                 continue;
@@ -518,4 +611,67 @@ fn random_node_id() -> String {
     let mut bytes = [0u8; 4];
     getrandom::fill(&mut bytes).expect("the OS has a random source");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listening(addr: &str) -> Vec<Listening> {
+        vec![
+            Listening {
+                transport: Transport::Stomp,
+                addr: addr.parse().unwrap(),
+            },
+            Listening {
+                transport: Transport::Http,
+                addr: "0.0.0.0:8080".parse().unwrap(),
+            },
+        ]
+    }
+
+    #[test]
+    fn removing_every_user_and_key_is_refused_and_named() {
+        let mut old = Config::defaults();
+        old.users_file = "users.toml".into();
+        old.jwt_public_keys = vec!["key.pem".into()];
+        let new = Config {
+            allow_anonymous: true,
+            ..Config::defaults()
+        };
+        let local = listening("127.0.0.1:61613");
+        let refusal = reload_refusal((&old, false), (&new, true), &local).unwrap();
+        assert!(matches!(refusal, ReloadError::RemovesAuthentication(_)));
+        assert!(
+            refusal.to_string().starts_with(
+                "removing users-file and jwt-public-keys would turn authentication off"
+            ),
+            "{refusal}"
+        );
+        // Keys that remain, or still no authentication at all, are fine.
+        assert!(reload_refusal((&old, false), (&old, false), &local).is_none());
+        assert!(reload_refusal((&new, true), (&new, true), &local).is_none());
+    }
+
+    #[test]
+    fn a_public_listener_without_authentication_needs_allow_anonymous() {
+        let open = Config {
+            allow_anonymous: true,
+            ..Config::defaults()
+        };
+        let closed = Config::defaults();
+        let public = listening("0.0.0.0:61613");
+        let refusal = reload_refusal((&open, true), (&closed, true), &public).unwrap();
+        assert!(
+            refusal
+                .to_string()
+                .starts_with("listener 0.0.0.0:61613 is not on loopback"),
+            "{refusal}"
+        );
+        assert!(reload_refusal((&open, true), (&open, true), &public).is_none());
+        // Only client listeners count: the HTTP one is public in both lists.
+        assert!(
+            reload_refusal((&open, true), (&closed, true), &listening("127.0.0.1:1")).is_none()
+        );
+    }
 }

@@ -1,12 +1,14 @@
 //! What the whole broker shares: the virtual hosts, the open sessions, counters, the
 //! cluster relay, TLS and authentication, and the settings new sessions start with.
 
+use std::fmt;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 
 use postbox_cluster::ClusterRelay;
 
 use crate::auth::AuthHandle;
+use crate::config::{Secret, secret};
 use crate::memory::MemoryAlarm;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -14,8 +16,7 @@ use crate::session::Settings;
 use crate::transport::tls::CertStore;
 use crate::vhost::Vhosts;
 
-/// The broker's shared state.
-#[derive(Debug)]
+/// The broker's shared state. Its `Debug` masks the admin token.
 pub struct BrokerState {
     settings: RwLock<Arc<Settings>>,
     /// The routers of all virtual hosts.
@@ -55,8 +56,8 @@ pub struct StateParts {
     pub cluster: Option<ClusterRelay>,
     /// Per-queue metric series at most.
     pub metrics_queue_top: usize,
-    /// Admin token.
-    pub admin_token: Option<String>,
+    /// Admin token (empty: none).
+    pub admin_token: Secret,
     /// Admin role.
     pub admin_role: String,
 }
@@ -73,7 +74,8 @@ impl BrokerState {
             certs: parts.certs,
             cluster: parts.cluster,
             ready: Arc::new(AtomicBool::new(true)),
-            admin_token: parts.admin_token,
+            admin_token: (!parts.admin_token.is_empty())
+                .then(|| parts.admin_token.expose().to_owned()),
             memory: Arc::default(),
             admin_role: parts.admin_role,
         })
@@ -90,5 +92,25 @@ impl BrokerState {
     /// Replaces the settings for sessions that start from now on.
     pub fn set_settings(&self, settings: Settings) {
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+    }
+}
+
+impl fmt::Debug for BrokerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerState")
+            .field("settings", &self.settings)
+            .field("vhosts", &self.vhosts)
+            .field("registry", &self.registry)
+            .field("metrics", &self.metrics)
+            .field("auth", &self.auth)
+            .field("certs", &self.certs)
+            .field("cluster", &self.cluster)
+            .field("ready", &self.ready)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| secret::MASK),
+            )
+            .field("admin_role", &self.admin_role)
+            .finish()
     }
 }

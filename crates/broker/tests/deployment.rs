@@ -90,6 +90,113 @@ fn the_node_configurations_are_valid() {
     }
 }
 
+/// `postbox` with a shipped file and no `POSTBOX_*` variable but `env`.
+fn shipped(args: &[&str], env: &[(&str, &str)]) -> Process {
+    let mut command = Process::new(common::binary());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("POSTBOX_") {
+            command.env_remove(name);
+        }
+    }
+    command.args(args).envs(env.iter().copied());
+    command
+}
+
+/// The shipped files listen on every interface (a container is reached from outside)
+/// and carry no credentials and no allow-anonymous, so the broker refuses to start from
+/// them alone: credentials (or the demo opt-in) come from the environment.
+#[test]
+fn the_shipped_configurations_are_not_open_without_credentials() {
+    for name in ["postbox.toml", "node1.toml", "node2.toml", "node3.toml"] {
+        let path = docker_dir().join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        assert!(
+            table.get("allow-anonymous").is_none(),
+            "{name} must not opt in itself (a file value would also beat the environment)"
+        );
+        for key in ["users-file", "jwt-secret", "admin-token"] {
+            assert!(
+                table.get(key).is_none(),
+                "{name}: {key} belongs in the environment"
+            );
+        }
+        let listen = table["listen"].as_array().unwrap();
+        assert!(
+            listen
+                .iter()
+                .all(|a| a.as_str().unwrap().starts_with("0.0.0.0:")),
+            "{name}: {listen:?}"
+        );
+
+        // Ports 0 so nothing collides; the host stays the file's 0.0.0.0. A cluster URL
+        // that goes nowhere but loopback, should the broker get that far.
+        let path = path.to_str().unwrap();
+        let mut args = vec!["--config", path, "--listen", "0.0.0.0:0"];
+        args.extend(["--http-listen", "127.0.0.1:0"]);
+        if table.contains_key("cluster") {
+            args.extend(["--cluster", "redis://127.0.0.1:1"]);
+        }
+        if table.contains_key("wss-listen") {
+            args.extend(["--wss-listen", "0.0.0.0:0"]);
+        }
+        let mut child = shipped(&args, &[])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{name}: postbox started without credentials");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{name}");
+        assert!(
+            stderr.contains("refusing to listen on 0.0.0.0:0"),
+            "{name}: {stderr}"
+        );
+        assert!(
+            stderr.contains("POSTBOX_ALLOW_ANONYMOUS"),
+            "{name}: {stderr}"
+        );
+    }
+
+    // What the image's comments say to do is taken from the environment.
+    let path = docker_dir().join("postbox.toml");
+    let path = path.to_str().unwrap();
+    for (var, value, line) in [
+        (
+            "POSTBOX_ALLOW_ANONYMOUS",
+            "true",
+            "allow-anonymous = true  # env POSTBOX_ALLOW_ANONYMOUS",
+        ),
+        (
+            "POSTBOX_JWT_SECRET",
+            "a-jwt-secret-of-at-least-32-bytes-for-the-test",
+            "jwt-secret = \"****\"  # env POSTBOX_JWT_SECRET",
+        ),
+        (
+            "POSTBOX_USERS_FILE",
+            "/etc/postbox/users.toml",
+            "users-file = \"/etc/postbox/users.toml\"  # env POSTBOX_USERS_FILE",
+        ),
+    ] {
+        let output = shipped(&["print-config", "--config", path], &[(var, value)])
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert!(printed.contains(line), "{var}: {printed}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_topology_runs_as_local_processes() {
     let redis = RedisServer::start();

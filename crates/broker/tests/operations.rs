@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,7 +30,7 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn metrics_count_connections_traffic_queues_and_disconnect_reasons() {
-    let broker = start(&["--ws-listen", "127.0.0.1:0"]);
+    let broker = start(&["--ws-listen", "127.0.0.1:0", "--ws-http-endpoints"]);
     let http = broker.listener("http");
     let mut client = Client::connect(broker.addr, &[]).await;
     client.subscribe("0", "/topic/metrics", &[]).await;
@@ -94,7 +96,7 @@ async fn metrics_count_connections_traffic_queues_and_disconnect_reasons() {
         Some(3.0)
     );
     assert!(metric(&text, "postbox_received_bytes_total").unwrap() > 0.0);
-    // The WebSocket listener serves the same.
+    // With ws-http-endpoints, the WebSocket listener serves the same.
     let (status, text) = get(broker.listener("ws"), "/metrics").await;
     assert_eq!(status, 200);
     assert!(text.contains("postbox_connections"));
@@ -361,4 +363,279 @@ async fn a_jwt_with_the_admin_role_opens_the_admin_api() {
     )
     .await;
     assert_eq!(status, 403, "{body}");
+}
+
+// ===== reloads =====
+
+/// A broker whose log (stderr, human format) goes to a file the test can read.
+struct Logged {
+    child: std::process::Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Logged {
+    fn start(dir: &Path, args: &[&str]) -> Logged {
+        let log = dir.join("postbox.log");
+        let mut child = Process::new(common::binary())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut addr = None;
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+            if line == "ready" {
+                break;
+            }
+            if let Some(listening) = line.strip_prefix("listening stomp ") {
+                addr = listening.parse().ok();
+            }
+        }
+        let addr = addr.unwrap_or_else(|| {
+            panic!(
+                "postbox did not start:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+        Logged { child, addr, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+
+    /// Sends SIGHUP and waits until the log has a line containing every one of `words`;
+    /// returns that line.
+    fn reload_and_wait(&self, words: &[&str]) -> String {
+        let status = Process::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.wait_for_line(words)
+    }
+
+    fn wait_for_line(&self, words: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.log();
+            if let Some(line) = text
+                .lines()
+                .find(|line| words.iter().all(|word| line.contains(word)))
+            {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {words:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a users file with alice (password `correct-horse`) into `dir`.
+fn users_file(dir: &Path) -> PathBuf {
+    let mut child = Process::new(common::binary())
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "correct-horse").unwrap();
+    }
+    let hash = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    let users = dir.join("users.toml");
+    std::fs::write(
+        &users,
+        format!(
+            "[[user]]\nname = \"alice\"\npassword = \"{}\"\n",
+            hash.trim()
+        ),
+    )
+    .unwrap();
+    users
+}
+
+/// CONNECTs with `headers` and returns the reply (CONNECTED or ERROR) and the client.
+async fn try_connect(addr: SocketAddr, headers: &[(&str, &str)]) -> (Frame, Client) {
+    let mut client = Client::open(addr).await;
+    let mut connect = Frame::new(Command::Connect).header("accept-version", "1.2");
+    for (name, value) in headers {
+        connect = connect.header(*name, *value);
+    }
+    client.send(&connect).await;
+    // A password check is an argon2 hash, seconds in a debug build on a busy machine.
+    let reply = client
+        .next_frame(Duration::from_secs(30))
+        .await
+        .expect("a reply to CONNECT");
+    (reply, client)
+}
+
+#[tokio::test]
+async fn a_reload_that_would_remove_authentication_is_refused_entirely() {
+    let dir = temp_dir("postbox-reload-auth");
+    let users = users_file(&dir);
+    let file = dir.join("postbox.toml");
+    let config = format!(
+        "users-file = {:?}\nmax-subscriptions = 1\n\
+         acl = [{{ user = \"alice\", read = [\"/topic/#\"] }}]\n",
+        users.display().to_string()
+    );
+    std::fs::write(&file, &config).unwrap();
+    let broker = Logged::start(&dir, &["--config", file.to_str().unwrap()]);
+    let alice = [("login", "alice"), ("passcode", "correct-horse")];
+    assert_eq!(
+        try_connect(broker.addr, &[]).await.0.command,
+        Command::Error
+    );
+
+    // The users file goes away, and a limit changes in the same edit.
+    std::fs::write(&file, "max-subscriptions = 3\n").unwrap();
+    let line = broker.reload_and_wait(&["reload refused"]);
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("users-file"), "{line}");
+    assert!(!broker.log().contains("reloaded"), "{}", broker.log());
+
+    // Still no anonymous access...
+    let (reply, _) = try_connect(broker.addr, &[]).await;
+    assert_eq!(reply.command, Command::Error, "{reply:?}");
+    // ...alice still logs in, and the old subscription limit still holds.
+    let (reply, mut client) = try_connect(broker.addr, &alice).await;
+    assert_eq!(reply.command, Command::Connected, "{reply:?}");
+    client.subscribe("1", "/topic/a", &[]).await;
+    client
+        .send(
+            &Frame::new(Command::Subscribe)
+                .header("id", "2")
+                .header("destination", "/topic/b")
+                .header("receipt", "second"),
+        )
+        .await;
+    let error = client.expect_error().await;
+    assert!(
+        error.get("message").unwrap().contains("subscriptions"),
+        "{error:?}"
+    );
+
+    // Putting the users file back makes the next reload go through.
+    std::fs::write(&file, format!("{config}max-headers = 32\n")).unwrap();
+    broker.reload_and_wait(&["reloaded", "max-headers"]);
+}
+
+#[tokio::test]
+async fn allow_anonymous_changes_on_reload() {
+    let dir = temp_dir("postbox-reload-anonymous");
+    let users = users_file(&dir);
+    let file = dir.join("postbox.toml");
+    let users = format!("users-file = {:?}\n", users.display().to_string());
+    std::fs::write(&file, format!("{users}allow-anonymous = true\n")).unwrap();
+    let broker = Logged::start(&dir, &["--config", file.to_str().unwrap()]);
+    let (reply, _) = try_connect(broker.addr, &[]).await;
+    assert_eq!(reply.command, Command::Connected, "{reply:?}");
+
+    std::fs::write(&file, format!("{users}allow-anonymous = false\n")).unwrap();
+    broker.reload_and_wait(&["reloaded", "allow-anonymous"]);
+    let (reply, _) = try_connect(broker.addr, &[]).await;
+    assert_eq!(reply.command, Command::Error, "{reply:?}");
+    let alice = [("login", "alice"), ("passcode", "correct-horse")];
+    assert_eq!(
+        try_connect(broker.addr, &alice).await.0.command,
+        Command::Connected
+    );
+}
+
+#[tokio::test]
+async fn options_that_need_a_restart_say_so_on_reload() {
+    let dir = temp_dir("postbox-reload-restart");
+    let file = dir.join("postbox.toml");
+    std::fs::write(&file, "max-deliveries = 10\n").unwrap();
+    let broker = Logged::start(&dir, &["--config", file.to_str().unwrap()]);
+    std::fs::write(&file, "max-deliveries = 3\nmax-headers = 10\n").unwrap();
+    let line = broker.reload_and_wait(&["needs a restart", "max-deliveries"]);
+    assert!(line.contains("WARN"), "{line}");
+    broker.wait_for_line(&["reloaded", "max-headers"]);
+    let log = broker.log();
+    assert!(
+        !log.lines()
+            .any(|line| line.contains("reloaded") && line.contains("max-deliveries")),
+        "{log}"
+    );
+}
+
+// ===== secrets =====
+
+#[test]
+fn print_config_and_check_config_show_no_secret() {
+    let jwt = "a-jwt-secret-that-must-stay-hidden-0123456789";
+    let output = Process::new(common::binary())
+        .args([
+            "print-config",
+            "--cluster",
+            "redis://postbox:redis-pw-hidden@127.0.0.1:1",
+        ])
+        .env("POSTBOX_JWT_SECRET", jwt)
+        .env("POSTBOX_ADMIN_TOKEN", "admin-token-hidden")
+        .env("POSTBOX_CLUSTER_PASSWORD", "cluster-pw-hidden")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).unwrap();
+    for secret in [
+        jwt,
+        "admin-token-hidden",
+        "redis-pw-hidden",
+        "cluster-pw-hidden",
+    ] {
+        assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+    }
+    assert!(printed.contains("jwt-secret = \"****\""), "{printed}");
+    assert!(
+        printed.contains("cluster = \"redis://postbox:****@127.0.0.1:1\""),
+        "{printed}"
+    );
+
+    let dir = temp_dir("postbox-check-secret");
+    let file = dir.join("broken.toml");
+    std::fs::write(
+        &file,
+        format!("listen = [\"127.0.0.1:0\"]\njwt-secret = \"{jwt}\n"),
+    )
+    .unwrap();
+    let output = Process::new(common::binary())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let complaint = String::from_utf8_lossy(&output.stderr);
+    assert!(complaint.contains("line 2"), "{complaint}");
+    assert!(!complaint.contains(jwt), "{complaint}");
 }

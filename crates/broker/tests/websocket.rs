@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use postbox_testkit::certs::{self, TestCa};
+use postbox_testkit::http::{get, request};
 use postbox_testkit::{Broker, Client, Command};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -233,6 +234,42 @@ async fn the_websocket_listener_answers_health_probes_and_refuses_other_requests
 }
 
 #[tokio::test]
+async fn metrics_and_admin_on_the_websocket_port_are_opt_in() {
+    let token = "ws-admin-token";
+    let bearer = format!("Bearer {token}");
+    let auth = [("Authorization", bearer.as_str())];
+    let args = ["--http-listen", "127.0.0.1:0", "--admin-token", token];
+    let broker = start(&args);
+    let (ws, plain) = (broker.listener("ws"), broker.listener("http"));
+    // Load balancers probe the traffic port: the probes stay.
+    assert_eq!(get(ws, "/healthz").await.0, 200);
+    assert_eq!(get(ws, "/readyz").await.0, 200);
+    assert_eq!(get(ws, "/metrics").await.0, 404);
+    for path in ["/admin", "/admin/connections"] {
+        assert_eq!(request(ws, "GET", path, &auth).await.0, 404, "{path}");
+    }
+    // The HTTP listener serves them all.
+    assert_eq!(get(plain, "/metrics").await.0, 200);
+    assert_eq!(
+        request(plain, "GET", "/admin/connections", &auth).await.0,
+        200
+    );
+
+    let mut args = args.to_vec();
+    args.push("--ws-http-endpoints");
+    let broker = start(&args);
+    let ws = broker.listener("ws");
+    let (status, metrics) = get(ws, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("# TYPE postbox_connects counter"),
+        "{metrics}"
+    );
+    assert_eq!(request(ws, "GET", "/admin/connections", &auth).await.0, 200);
+    assert_eq!(request(ws, "GET", "/admin/connections", &[]).await.0, 401);
+}
+
+#[tokio::test]
 async fn wss_round_trip_and_cross_transport_delivery() {
     let ca = TestCa::new("wss CA");
     let dir = certs::temp_dir("postbox-wss");
@@ -271,4 +308,22 @@ async fn wss_round_trip_and_cross_transport_delivery() {
     }
     bodies.sort();
     assert_eq!(bodies, ["from tcp", "from ws"]);
+
+    // Over TLS too, only the probes answer besides the STOMP path.
+    for (path, status) in [("/metrics", "404"), ("/healthz", "200")] {
+        let mut stream = postbox_testkit::client::tls(broker.listener("wss"), &connector)
+            .await
+            .unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+            .await
+            .expect("HTTP response in time")
+            .unwrap();
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{path}: {response}"
+        );
+    }
 }

@@ -40,8 +40,8 @@ use tracing::{info, warn};
 
 use interest::Replica;
 
-/// How to join a cluster.
-#[derive(Debug, Clone)]
+/// How to join a cluster. Its `Debug` shows neither password.
+#[derive(Clone)]
 pub struct ClusterConfig {
     /// `redis://host:port` or `rediss://host:port` (TLS); a password may be in the URL.
     pub url: String,
@@ -66,6 +66,24 @@ pub struct ClusterConfig {
     pub queue_overflow: Overflow,
     /// Longest wait for Redis when storing a queue message before the SEND is refused.
     pub store_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("url", &display_url(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls_ca", &self.tls_ca)
+            .field("node_id", &self.node_id)
+            .field("prefix", &self.prefix)
+            .field("wait", &self.wait)
+            .field("claim_idle", &self.claim_idle)
+            .field("node_ttl", &self.node_ttl)
+            .field("queue_max_length", &self.queue_max_length)
+            .field("queue_overflow", &self.queue_overflow)
+            .field("store_timeout", &self.store_timeout)
+            .finish()
+    }
 }
 
 /// Why joining the cluster failed.

@@ -6,6 +6,7 @@
 //! `POSTBOX_MAX_FRAME_SIZE` all set the same value.
 
 pub mod options;
+pub mod secret;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -21,6 +22,7 @@ use postbox_router::{MAX_PREFETCH, Overflow, QueueSettings, RouterConfig};
 use serde::{Deserialize, Serialize};
 
 use options::{Kind, OPTIONS, OptionSpec};
+pub use secret::{Secret, SecretUrl};
 
 use crate::server::Transport;
 use crate::transport::tls::TlsFiles;
@@ -30,14 +32,15 @@ pub const PRECEDENCE: &str = "Each option can be given as a flag, a key in the -
 file, or a POSTBOX_* environment variable (POSTBOX_ plus the name in upper case with _ for -). \
 Precedence: flags over the file, the file over the environment, the environment over defaults.";
 
-/// The broker's effective configuration.
+/// The broker's effective configuration. Its `Debug` masks every secret (see [`Secret`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 #[allow(missing_docs)] // each field is documented in `options::OPTIONS`
 pub struct Config {
     pub listen: Vec<String>,
     pub http_listen: Vec<String>,
-    pub admin_token: String,
+    pub ws_http_endpoints: bool,
+    pub admin_token: Secret,
     pub admin_role: String,
     pub metrics_queue_top: usize,
     pub tls_listen: Vec<String>,
@@ -52,7 +55,7 @@ pub struct Config {
     pub ws_allowed_origins: Vec<String>,
     pub allow_anonymous: bool,
     pub users_file: String,
-    pub jwt_secret: String,
+    pub jwt_secret: Secret,
     pub jwt_public_keys: Vec<String>,
     pub jwt_jwks_file: String,
     pub jwt_issuers: Vec<String>,
@@ -65,8 +68,8 @@ pub struct Config {
     pub jwt_query_param: String,
     pub acl: Vec<RuleSpec>,
     pub user_header: String,
-    pub cluster: String,
-    pub cluster_password: String,
+    pub cluster: SecretUrl,
+    pub cluster_password: Secret,
     pub cluster_tls_ca: String,
     pub cluster_wait: bool,
     pub cluster_prefix: String,
@@ -177,13 +180,17 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not valid TOML.
-    #[error("config file {path} is not valid TOML: {source}")]
+    /// The file is not valid TOML. The offending line is not quoted: it may hold a secret.
+    #[error("config file {path} is not valid TOML: line {line}, column {column}: {message}")]
     Toml {
         /// The file.
         path: PathBuf,
+        /// Where, counted from 1.
+        line: usize,
+        /// Where in the line, counted from 1.
+        column: usize,
         /// Why.
-        source: Box<toml::de::Error>,
+        message: String,
     },
     /// The file names an option that does not exist.
     #[error("unknown option '{key}' in {path}; run 'postbox --help' for the list")]
@@ -335,7 +342,7 @@ impl Config {
         }
         let redis_url = ["redis://", "rediss://"]
             .iter()
-            .any(|scheme| self.cluster.starts_with(scheme));
+            .any(|scheme| self.cluster.expose().starts_with(scheme));
         if !self.cluster.is_empty() && !redis_url {
             return invalid("cluster", "must be a redis:// or rediss:// URL".into());
         }
@@ -372,24 +379,39 @@ impl Config {
         .concat()
     }
 
-    /// Options whose values differ from `other`'s: (name, this value, other's value).
+    /// Options whose values differ from `other`'s: (name, this value, other's value),
+    /// secrets masked.
     pub fn differences(&self, other: &Config) -> Vec<(&'static str, String, String)> {
         let ours = toml::Table::try_from(self).expect("Config serializes to a table");
         let theirs = toml::Table::try_from(other).expect("Config serializes to a table");
+        let (ours_shown, theirs_shown) = (self.shown(), other.shown());
         OPTIONS
             .iter()
-            .filter_map(|spec| {
-                let (a, b) = (ours.get(spec.name), theirs.get(spec.name));
-                (a != b).then(|| {
-                    let show = |v: Option<&toml::Value>| match spec.name {
-                        // Secrets are never logged.
-                        "jwt-secret" | "admin-token" | "cluster-password" => "***".to_owned(),
-                        _ => v.map(ToString::to_string).unwrap_or_default(),
-                    };
-                    (spec.name, show(a), show(b))
-                })
+            .filter(|spec| ours.get(spec.name) != theirs.get(spec.name))
+            .map(|spec| {
+                let show = |table: &toml::Table| {
+                    table
+                        .get(spec.name)
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                };
+                (spec.name, show(&ours_shown), show(&theirs_shown))
             })
             .collect()
+    }
+
+    /// The configuration as a TOML table fit to be shown: secrets are masked.
+    fn shown(&self) -> toml::Table {
+        let mut table = toml::Table::try_from(self).expect("Config serializes to a table");
+        for (name, shown) in [
+            ("admin-token", self.admin_token.to_string()),
+            ("jwt-secret", self.jwt_secret.to_string()),
+            ("cluster", self.cluster.to_string()),
+            ("cluster-password", self.cluster_password.to_string()),
+        ] {
+            table.insert(name.to_owned(), toml::Value::String(shown));
+        }
+        table
     }
 
     /// Sets option `name` back to `other`'s value.
@@ -439,8 +461,9 @@ impl Config {
     /// How to join the cluster, when one is configured.
     pub fn cluster_config(&self, node_id: &str) -> Option<postbox_cluster::ClusterConfig> {
         (!self.cluster.is_empty()).then(|| postbox_cluster::ClusterConfig {
-            url: self.cluster.clone(),
-            password: (!self.cluster_password.is_empty()).then(|| self.cluster_password.clone()),
+            url: self.cluster.expose().to_owned(),
+            password: (!self.cluster_password.is_empty())
+                .then(|| self.cluster_password.expose().to_owned()),
             tls_ca: (!self.cluster_tls_ca.is_empty()).then(|| self.cluster_tls_ca.clone().into()),
             node_id: node_id.to_owned(),
             prefix: self.cluster_prefix.clone(),
@@ -458,9 +481,10 @@ impl Config {
         Duration::from_millis(self.drain_timeout_ms)
     }
 
-    /// Renders the configuration as TOML, each line commented with its source.
+    /// Renders the configuration as TOML, each line commented with its source; secrets
+    /// are masked, so the output is safe to paste into a bug report.
     pub fn to_annotated_toml(&self, sources: &BTreeMap<&'static str, Source>) -> String {
-        let table = toml::Table::try_from(self).expect("Config serializes to a table");
+        let table = self.shown();
         let mut out = String::new();
         for spec in OPTIONS {
             let value = table
@@ -485,7 +509,12 @@ pub fn reference() -> String {
     out.push_str(
         "\n\nLists are TOML arrays in the file and comma-separated in flags and variables; \
          `acl` is a TOML array of tables everywhere. Options marked *reload* take effect on \
-         SIGHUP for connections made afterwards; the others need a restart.\n\n",
+         SIGHUP for connections made afterwards; the others need a restart, and a reload \
+         that changes one logs a warning and keeps the running value. A reload that would \
+         turn authentication off (no users file and no JWT keys left where there were \
+         some), or leave a non-loopback listener without authentication and without \
+         allow-anonymous, is refused as a whole with an error in the log, and so is one \
+         whose users file or keys cannot be read.\n\n",
     );
     out.push_str("| Option | Variable | Type | Default | | Meaning |\n|---|---|---|---|---|---|\n");
     for spec in OPTIONS {
@@ -696,11 +725,15 @@ fn read_file(path: &PathBuf) -> Result<toml::Table, ConfigError> {
         path: path.clone(),
         source,
     })?;
-    text.parse::<toml::Table>()
-        .map_err(|source| ConfigError::Toml {
+    text.parse::<toml::Table>().map_err(|error| {
+        let before = &text[..error.span().map_or(0, |span| span.start).min(text.len())];
+        ConfigError::Toml {
             path: path.clone(),
-            source: Box::new(source),
-        })
+            line: before.matches('\n').count() + 1,
+            column: before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1,
+            message: error.message().trim().to_owned(),
+        }
+    })
 }
 
 fn default_value(spec: &OptionSpec) -> toml::Value {
@@ -879,6 +912,85 @@ mod tests {
                 .starts_with("unknown option 'max-headerz'"),
             "{error}"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    const SECRETS: [&str; 4] = [
+        "jwt-secret-value-0123456789abcdef0123",
+        "admin-token-value",
+        "redis-url-password",
+        "cluster-password-value",
+    ];
+
+    #[test]
+    fn secrets_are_masked_in_print_config_debug_and_differences() {
+        let url = format!("redis://postbox:{}@10.0.0.5:6379", SECRETS[2]);
+        let loaded = load_with(
+            &["--admin-token", SECRETS[1], "--cluster", &url],
+            &[
+                ("POSTBOX_JWT_SECRET", SECRETS[0]),
+                ("POSTBOX_CLUSTER_PASSWORD", SECRETS[3]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(loaded.config.jwt_secret.expose(), SECRETS[0]);
+        assert_eq!(loaded.config.cluster.expose(), url);
+        let printed = loaded.config.to_annotated_toml(&loaded.sources);
+        let debug = format!("{loaded:?}");
+        let differences = format!("{:?}", Config::defaults().differences(&loaded.config));
+        let cluster = format!("{:?}", loaded.config.cluster_config("n1"));
+        for text in [&printed, &debug, &differences, &cluster] {
+            for secret in SECRETS {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+        }
+        assert!(
+            printed.contains("jwt-secret = \"****\"  # env POSTBOX_JWT_SECRET"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("admin-token = \"****\"  # flag"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("cluster = \"redis://postbox:****@10.0.0.5:6379\"  # flag"),
+            "{printed}"
+        );
+        assert!(printed.contains("cluster-password = \"****\""), "{printed}");
+        // An unset secret shows as unset.
+        let defaults = Config::defaults().to_annotated_toml(&BTreeMap::new());
+        assert!(
+            defaults.contains("jwt-secret = \"\"  # default"),
+            "{defaults}"
+        );
+        let changed = Config::defaults().differences(&loaded.config);
+        let jwt = changed
+            .iter()
+            .find(|(name, _, _)| *name == "jwt-secret")
+            .unwrap();
+        assert_eq!((jwt.1.as_str(), jwt.2.as_str()), (r#""""#, r#""****""#));
+    }
+
+    #[test]
+    fn config_file_errors_do_not_quote_secrets() {
+        let dir =
+            std::env::temp_dir().join(format!("postbox-config-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let unterminated = dir.join("unterminated.toml");
+        std::fs::write(
+            &unterminated,
+            format!("max-headers = 10\njwt-secret = \"{}\n", SECRETS[0]),
+        )
+        .unwrap();
+        let wrong_type = dir.join("wrong-type.toml");
+        std::fs::write(&wrong_type, "admin-token = 9876543210\n").unwrap();
+        for (file, secret) in [(&unterminated, SECRETS[0]), (&wrong_type, "9876543210")] {
+            let error = load_with(&["check-config", file.to_str().unwrap()], &[]).unwrap_err();
+            let text = format!("{error} {error:?}");
+            assert!(!text.contains(secret), "{text}");
+        }
+        let error = load_with(&["check-config", unterminated.to_str().unwrap()], &[]).unwrap_err();
+        assert!(error.to_string().contains("line 2, column"), "{error}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -73,7 +73,8 @@ pub const OPTIONS: &[OptionSpec] = &[
         "ws-listen",
         Kind::List,
         "[]",
-        "Addresses for STOMP over WebSocket (15674 is the usual port); also answers GET /healthz.",
+        "Addresses for STOMP over WebSocket (15674 is the usual port); also answers GET \
+         /healthz and /readyz.",
     ),
     opt(
         "wss-listen",
@@ -85,8 +86,15 @@ pub const OPTIONS: &[OptionSpec] = &[
         "http-listen",
         Kind::List,
         "[]",
-        "Addresses for plain HTTP: /healthz, /readyz, /metrics and the admin API (WebSocket \
-         listeners answer these too).",
+        "Addresses for plain HTTP: /healthz, /readyz, /metrics and the admin API.",
+    ),
+    opt(
+        "ws-http-endpoints",
+        Kind::Bool,
+        "false",
+        "Also serve /metrics and the admin API on ws-listen and wss-listen addresses. Off, \
+         those answer only the STOMP path, /healthz and /readyz (for load balancers that \
+         probe the traffic port), and 404 to anything else.",
     ),
     opt(
         "admin-token",

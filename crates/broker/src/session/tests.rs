@@ -33,7 +33,7 @@ impl Broker {
             certs: None,
             cluster: None,
             metrics_queue_top: 20,
-            admin_token: None,
+            admin_token: Default::default(),
             admin_role: "admin".into(),
         });
         Broker {

@@ -1,5 +1,5 @@
 //! The WebSocket transport: the upgrade (Origin checks, STOMP subprotocol choice; other
-//! HTTP requests go to [`crate::http`]) and [`WsIo`], which shows the session the
+//! HTTP requests go to [`crate::http`], probes only unless `ws-http-endpoints`) and [`WsIo`], which shows the session the
 //! message stream as plain bytes.
 //!
 //! STOMP over WebSocket needs no framing of its own: several STOMP frames may share a
@@ -10,7 +10,6 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
@@ -35,8 +34,8 @@ pub struct WsSettings {
     pub max_message: usize,
     /// Origins allowed to connect; empty allows any. `*` also allows any.
     pub allowed_origins: Vec<String>,
-    /// Time allowed for the HTTP request.
-    pub request_timeout: Duration,
+    /// Whether other paths get `/metrics` and the admin API, or only the probes.
+    pub http_endpoints: bool,
 }
 
 /// What an accepted HTTP connection turned out to be.
@@ -60,7 +59,8 @@ pub struct WsRequest<S> {
 }
 
 /// Reads one HTTP request and answers it: the STOMP path upgrades to WebSocket; other
-/// requests (`/healthz`, `/readyz`, `/metrics`, the admin API) are served as plain HTTP.
+/// requests get the health probes (and, with [`WsSettings::http_endpoints`], `/metrics`
+/// and the admin API) as plain HTTP.
 pub async fn accept<S>(
     mut stream: S,
     settings: &WsSettings,
@@ -69,7 +69,9 @@ pub async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (request, rest) = match http::read_request(&mut stream, settings.request_timeout).await? {
+    // The request has connect-timeout-ms, as reloaded last.
+    let timeout = state.settings().connect_timeout;
+    let (request, rest) = match http::read_request(&mut stream, timeout).await? {
         http::Read::Request(request, rest) => (request, rest),
         http::Read::Refused(response) => {
             http::respond(&mut stream, response).await?;
@@ -77,7 +79,12 @@ where
         }
     };
     if request.path != settings.path {
-        http::respond(&mut stream, http::handle(state, &request)).await?;
+        let response = if settings.http_endpoints {
+            http::handle(state, &request)
+        } else {
+            http::probe(state, &request)
+        };
+        http::respond(&mut stream, response).await?;
         return Ok(Accepted::Answered);
     }
     if let Some(refusal) = refuse_upgrade(&request, settings) {
