@@ -85,16 +85,36 @@ pub enum SessionError {
     #[error("transaction '{0}' is already open")]
     DuplicateTransaction(String),
     /// More open transactions than allowed on one connection.
-    #[error("too many open transactions: at most {0} per connection")]
+    #[error("too many open transactions: at most {0} per connection (max-transactions)")]
     TooManyTransactions(usize),
     /// More frames in one transaction than allowed.
-    #[error("transaction '{transaction}' holds more than {limit} frames")]
+    #[error(
+        "transaction '{transaction}' holds more than {limit} frames (max-transaction-frames); \
+         it was dropped"
+    )]
     TransactionTooLarge {
         /// The transaction id.
         transaction: String,
         /// The limit.
         limit: usize,
     },
+    /// More bytes in one transaction than allowed.
+    #[error(
+        "transaction '{transaction}' holds more than {limit} bytes (max-transaction-bytes); \
+         it was dropped"
+    )]
+    TransactionTooManyBytes {
+        /// The transaction id.
+        transaction: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// More bytes in all open transactions of the connection than allowed.
+    #[error(
+        "open transactions hold more than {0} bytes on this connection (max-staged-bytes); \
+         the transaction was dropped"
+    )]
+    StagedTooManyBytes(usize),
     /// The router refused a destination or a message.
     #[error("{0}")]
     Route(#[from] RouteError),
