@@ -249,3 +249,48 @@ async fn transaction_counts_are_options() {
     assert_eq!(sent, 2);
     assert!(error.get("message").unwrap().contains("more than 2 frames"));
 }
+
+/// Sends to a topic with `reply-to: /temp-queue/<name>` for each name, each with a
+/// receipt; returns the ERROR and how many were accepted.
+async fn reply_to_until_refused(client: &mut Client, names: usize) -> (Frame, usize) {
+    for i in 0..names {
+        let reply_to = format!("/temp-queue/{i}");
+        let receipt = format!("r-{i}");
+        let frame = Frame::new(Command::Send)
+            .header("destination", "/topic/requests")
+            .header("reply-to", reply_to.as_str())
+            .header("receipt", receipt.as_str());
+        client.send(&frame).await;
+        let reply = client.next_frame(Duration::from_secs(10)).await.unwrap();
+        match reply.command {
+            Command::Receipt => continue,
+            Command::Error => return (reply, i),
+            _ => panic!("unexpected {reply:?}"),
+        }
+    }
+    panic!("{names} temporary queues were all created");
+}
+
+#[tokio::test]
+async fn temporary_queues_per_connection_are_limited() {
+    let broker = common::start(&["--max-temp-queues", "4"]);
+    let mut client = Client::connect(broker.addr, &[]).await;
+    let (error, accepted) = reply_to_until_refused(&mut client, 100).await;
+    assert_eq!(accepted, 4);
+    let message = error.get("message").unwrap();
+    assert!(message.contains("max-temp-queues"), "{message}");
+    assert_eq!(error.get("receipt-id"), Some("r-4"));
+    client.expect_closed().await;
+}
+
+#[tokio::test]
+async fn reply_to_subscriptions_count_against_the_subscription_limit() {
+    let broker = common::start(&["--max-subscriptions", "3"]);
+    let mut client = Client::connect(broker.addr, &[]).await;
+    client.subscribe("mine", "/topic/a", &[]).await;
+    let (error, accepted) = reply_to_until_refused(&mut client, 100).await;
+    assert_eq!(accepted, 2);
+    let message = error.get("message").unwrap();
+    assert!(message.contains("at most 3"), "{message}");
+    client.expect_closed().await;
+}

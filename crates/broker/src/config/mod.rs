@@ -80,6 +80,7 @@ pub struct Config {
     pub max_headers: usize,
     pub max_header_length: usize,
     pub max_subscriptions: usize,
+    pub max_temp_queues: usize,
     pub max_transactions: usize,
     pub max_transaction_frames: usize,
     pub max_transaction_bytes: usize,
@@ -268,6 +269,7 @@ impl Config {
             ("max-headers", self.max_headers),
             ("max-header-length", self.max_header_length),
             ("max-subscriptions", self.max_subscriptions),
+            ("max-temp-queues", self.max_temp_queues),
             ("max-transactions", self.max_transactions),
             ("max-transaction-frames", self.max_transaction_frames),
             ("max-transaction-bytes", self.max_transaction_bytes),
@@ -538,6 +540,7 @@ pub fn reloadable(name: &str) -> bool {
             | "max-headers"
             | "max-header-length"
             | "max-subscriptions"
+            | "max-temp-queues"
             | "max-transactions"
             | "max-transaction-frames"
             | "max-transaction-bytes"

@@ -334,6 +334,14 @@ pub const OPTIONS: &[OptionSpec] = &[
         "Most subscriptions on one connection.",
     ),
     opt(
+        "max-temp-queues",
+        Kind::Int,
+        "64",
+        "Most temporary queues (/temp-queue/ names, in SUBSCRIBE, SEND or reply-to) on one \
+         connection; the subscriptions reply-to makes for them count against \
+         max-subscriptions too.",
+    ),
+    opt(
         "max-transactions",
         Kind::Int,
         "64",

@@ -70,6 +70,9 @@ pub enum SessionError {
     /// More subscriptions than allowed on one connection.
     #[error("too many subscriptions: at most {0} per connection")]
     TooManySubscriptions(usize),
+    /// More temporary queues than allowed on one connection.
+    #[error("too many temporary queues: at most {0} per connection (max-temp-queues)")]
+    TooManyTempQueues(usize),
     /// ACK or NACK for nothing awaiting acknowledgement.
     #[error("no message awaiting acknowledgement with {what} '{id}'")]
     UnknownAck {

@@ -53,6 +53,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Most subscriptions per connection.
     pub max_subscriptions: usize,
+    /// Most temporary queues per connection.
+    pub max_temp_queues: usize,
     /// Most transactions open at once on one connection.
     pub max_transactions: usize,
     /// Most frames staged in one transaction.
@@ -92,6 +94,7 @@ impl Settings {
                 max_body: config.max_body_size,
             },
             max_subscriptions: config.max_subscriptions,
+            max_temp_queues: config.max_temp_queues,
             max_transactions: config.max_transactions,
             max_transaction_frames: config.max_transaction_frames,
             max_transaction_bytes: config.max_transaction_bytes,
@@ -792,6 +795,11 @@ impl Session {
     /// The temporary queue `name`, created on first use.
     fn temp_queue(&mut self, name: &str) -> Result<&TempQueue, SessionError> {
         if !self.temp_queues.contains_key(name) {
+            if self.temp_queues.len() >= self.settings.max_temp_queues {
+                return Err(SessionError::TooManyTempQueues(
+                    self.settings.max_temp_queues,
+                ));
+            }
             let temp = self.router.create_temp(name)?;
             self.temp_queues.insert(name.to_owned(), temp);
         }
@@ -801,10 +809,16 @@ impl Session {
     /// For `reply-to: /temp-queue/<name>`: makes sure the queue exists and that this
     /// connection receives from it (subscribing it as `/temp-queue/<name>` unless the
     /// client subscribed itself), and returns the routable name to put in `reply-to`.
+    /// The subscription made here counts against `max-subscriptions` like any other.
     fn reply_queue(&mut self, name: &str) -> Result<ByteString, SessionError> {
-        let reply_to = self.temp_queue(name)?.reply_to().shared().clone();
         let id = ByteString::from(format!("{}{name}", Kind::TempQueue.prefix()));
         let subscribed = self.subscriptions.contains_key(&id);
+        if !subscribed && self.subscriptions.len() >= self.settings.max_subscriptions {
+            return Err(SessionError::TooManySubscriptions(
+                self.settings.max_subscriptions,
+            ));
+        }
+        let reply_to = self.temp_queue(name)?.reply_to().shared().clone();
         if !subscribed {
             let subscriber = Subscriber {
                 outbox: self.outbox.clone(),
