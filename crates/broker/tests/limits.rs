@@ -172,3 +172,152 @@ async fn hundreds_of_headers_pass_with_the_default_limit() {
     );
     assert_eq!(message.get("x-h899"), Some("899"));
 }
+
+/// Stages 64 KiB SENDs in `transaction` until the broker refuses one; returns the ERROR
+/// and how many were sent. Each SEND asks for a receipt, so a refusal is seen at once.
+async fn stage_until_refused(
+    client: &mut Client,
+    transaction: &str,
+    most: usize,
+) -> (Frame, usize) {
+    let body = vec![b'x'; 64 * 1024];
+    for i in 0..most {
+        let receipt = format!("{transaction}-{i}");
+        let frame = Frame::new(Command::Send)
+            .header("destination", "/queue/staged")
+            .header("transaction", transaction)
+            .header("receipt", receipt.as_str())
+            .body(body.clone());
+        client.send(&frame).await;
+        let reply = client.next_frame(Duration::from_secs(10)).await.unwrap();
+        match reply.command {
+            Command::Receipt => continue,
+            Command::Error => return (reply, i),
+            _ => panic!("unexpected {reply:?}"),
+        }
+    }
+    panic!("{most} staged SENDs of 64 KiB were all accepted");
+}
+
+#[tokio::test]
+async fn one_transaction_is_bounded_by_bytes() {
+    let broker = common::start(&["--max-transaction-bytes", "1048576"]);
+    let mut client = Client::connect(broker.addr, &[]).await;
+    client
+        .send(&Frame::new(Command::Begin).header("transaction", "t"))
+        .await;
+    let (error, sent) = stage_until_refused(&mut client, "t", 64).await;
+    // 15 of 64 KiB and their headers fit in 1 MiB, the 16th does not.
+    assert_eq!(sent, 15, "{error:?}");
+    let message = error.get("message").unwrap();
+    assert!(message.contains("max-transaction-bytes"), "{message}");
+    assert!(message.contains("1048576"), "{message}");
+    assert_eq!(error.get("receipt-id"), Some("t-15"));
+    client.expect_closed().await;
+}
+
+#[tokio::test]
+async fn all_transactions_of_a_connection_are_bounded_by_bytes() {
+    let broker = common::start(&[
+        "--max-transaction-bytes",
+        "1048576",
+        "--max-staged-bytes",
+        "1572864",
+    ]);
+    let mut client = Client::connect(broker.addr, &[]).await;
+    for transaction in ["a", "b"] {
+        client
+            .send(&Frame::new(Command::Begin).header("transaction", transaction))
+            .await;
+    }
+    // Ten SENDs (640 KiB) fit in "a"; "b" then runs into the connection's 1.5 MiB.
+    let body = vec![b'x'; 64 * 1024];
+    for _ in 0..10 {
+        let frame = Frame::new(Command::Send)
+            .header("destination", "/queue/staged")
+            .header("transaction", "a")
+            .body(body.clone());
+        client.send(&frame).await;
+    }
+    let (error, sent) = stage_until_refused(&mut client, "b", 64).await;
+    assert!(
+        sent < 15,
+        "b took {sent} though the connection's limit is lower"
+    );
+    let message = error.get("message").unwrap();
+    assert!(message.contains("max-staged-bytes"), "{message}");
+    client.expect_closed().await;
+}
+
+#[tokio::test]
+async fn transaction_counts_are_options() {
+    let broker = common::start(&["--max-transactions", "1", "--max-transaction-frames", "2"]);
+    let mut client = Client::connect(broker.addr, &[]).await;
+    client
+        .send(&Frame::new(Command::Begin).header("transaction", "t"))
+        .await;
+    client
+        .send(
+            &Frame::new(Command::Begin)
+                .header("transaction", "u")
+                .header("receipt", "r"),
+        )
+        .await;
+    let error = client.expect_error().await;
+    let message = error.get("message").unwrap();
+    assert!(message.contains("at most 1 per connection"), "{message}");
+    client.expect_closed().await;
+
+    let mut client = Client::connect(broker.addr, &[]).await;
+    client
+        .send(&Frame::new(Command::Begin).header("transaction", "t"))
+        .await;
+    let (error, sent) = stage_until_refused(&mut client, "t", 10).await;
+    assert_eq!(sent, 2);
+    assert!(error.get("message").unwrap().contains("more than 2 frames"));
+}
+
+/// Sends to a topic with `reply-to: /temp-queue/<name>` for each name, each with a
+/// receipt; returns the ERROR and how many were accepted.
+async fn reply_to_until_refused(client: &mut Client, names: usize) -> (Frame, usize) {
+    for i in 0..names {
+        let reply_to = format!("/temp-queue/{i}");
+        let receipt = format!("r-{i}");
+        let frame = Frame::new(Command::Send)
+            .header("destination", "/topic/requests")
+            .header("reply-to", reply_to.as_str())
+            .header("receipt", receipt.as_str());
+        client.send(&frame).await;
+        let reply = client.next_frame(Duration::from_secs(10)).await.unwrap();
+        match reply.command {
+            Command::Receipt => continue,
+            Command::Error => return (reply, i),
+            _ => panic!("unexpected {reply:?}"),
+        }
+    }
+    panic!("{names} temporary queues were all created");
+}
+
+#[tokio::test]
+async fn temporary_queues_per_connection_are_limited() {
+    let broker = common::start(&["--max-temp-queues", "4"]);
+    let mut client = Client::connect(broker.addr, &[]).await;
+    let (error, accepted) = reply_to_until_refused(&mut client, 100).await;
+    assert_eq!(accepted, 4);
+    let message = error.get("message").unwrap();
+    assert!(message.contains("max-temp-queues"), "{message}");
+    assert_eq!(error.get("receipt-id"), Some("r-4"));
+    client.expect_closed().await;
+}
+
+#[tokio::test]
+async fn reply_to_subscriptions_count_against_the_subscription_limit() {
+    let broker = common::start(&["--max-subscriptions", "3"]);
+    let mut client = Client::connect(broker.addr, &[]).await;
+    client.subscribe("mine", "/topic/a", &[]).await;
+    let (error, accepted) = reply_to_until_refused(&mut client, 100).await;
+    assert_eq!(accepted, 2);
+    let message = error.get("message").unwrap();
+    assert!(message.contains("at most 3"), "{message}");
+    client.expect_closed().await;
+}

@@ -83,6 +83,11 @@ pub struct Config {
     pub max_headers: usize,
     pub max_header_length: usize,
     pub max_subscriptions: usize,
+    pub max_temp_queues: usize,
+    pub max_transactions: usize,
+    pub max_transaction_frames: usize,
+    pub max_transaction_bytes: usize,
+    pub max_staged_bytes: usize,
     pub connect_timeout_ms: u64,
     pub outbound_buffer: usize,
     pub outbound_stall_ms: u64,
@@ -273,6 +278,11 @@ impl Config {
             ("max-headers", self.max_headers),
             ("max-header-length", self.max_header_length),
             ("max-subscriptions", self.max_subscriptions),
+            ("max-temp-queues", self.max_temp_queues),
+            ("max-transactions", self.max_transactions),
+            ("max-transaction-frames", self.max_transaction_frames),
+            ("max-transaction-bytes", self.max_transaction_bytes),
+            ("max-staged-bytes", self.max_staged_bytes),
             ("outbound-buffer", self.outbound_buffer),
             ("queue-max-length", self.queue_max_length),
             ("queue-max-bytes", self.queue_max_bytes),
@@ -564,6 +574,11 @@ pub fn reloadable(name: &str) -> bool {
             | "max-headers"
             | "max-header-length"
             | "max-subscriptions"
+            | "max-temp-queues"
+            | "max-transactions"
+            | "max-transaction-frames"
+            | "max-transaction-bytes"
+            | "max-staged-bytes"
             | "connect-timeout-ms"
             | "outbound-buffer"
             | "outbound-stall-ms"

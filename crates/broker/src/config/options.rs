@@ -348,6 +348,39 @@ pub const OPTIONS: &[OptionSpec] = &[
         "Most subscriptions on one connection.",
     ),
     opt(
+        "max-temp-queues",
+        Kind::Int,
+        "64",
+        "Most temporary queues (/temp-queue/ names, in SUBSCRIBE, SEND or reply-to) on one \
+         connection; the subscriptions reply-to makes for them count against \
+         max-subscriptions too.",
+    ),
+    opt(
+        "max-transactions",
+        Kind::Int,
+        "64",
+        "Most transactions open at once on one connection.",
+    ),
+    opt(
+        "max-transaction-frames",
+        Kind::Int,
+        "10000",
+        "Most frames (SEND, ACK, NACK) staged in one transaction.",
+    ),
+    opt(
+        "max-transaction-bytes",
+        Kind::Int,
+        "16777216",
+        "Most bytes (bodies and headers) of the frames staged in one transaction; past it \
+         the client gets an ERROR and the transaction is dropped.",
+    ),
+    opt(
+        "max-staged-bytes",
+        Kind::Int,
+        "33554432",
+        "Most bytes staged in all open transactions of one connection together.",
+    ),
+    opt(
         "connect-timeout-ms",
         Kind::Int,
         "10000",

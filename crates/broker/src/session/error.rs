@@ -70,6 +70,9 @@ pub enum SessionError {
     /// More subscriptions than allowed on one connection.
     #[error("too many subscriptions: at most {0} per connection")]
     TooManySubscriptions(usize),
+    /// More temporary queues than allowed on one connection.
+    #[error("too many temporary queues: at most {0} per connection (max-temp-queues)")]
+    TooManyTempQueues(usize),
     /// ACK or NACK for nothing awaiting acknowledgement.
     #[error("no message awaiting acknowledgement with {what} '{id}'")]
     UnknownAck {
@@ -85,16 +88,36 @@ pub enum SessionError {
     #[error("transaction '{0}' is already open")]
     DuplicateTransaction(String),
     /// More open transactions than allowed on one connection.
-    #[error("too many open transactions: at most {0} per connection")]
+    #[error("too many open transactions: at most {0} per connection (max-transactions)")]
     TooManyTransactions(usize),
     /// More frames in one transaction than allowed.
-    #[error("transaction '{transaction}' holds more than {limit} frames")]
+    #[error(
+        "transaction '{transaction}' holds more than {limit} frames (max-transaction-frames); \
+         it was dropped"
+    )]
     TransactionTooLarge {
         /// The transaction id.
         transaction: String,
         /// The limit.
         limit: usize,
     },
+    /// More bytes in one transaction than allowed.
+    #[error(
+        "transaction '{transaction}' holds more than {limit} bytes (max-transaction-bytes); \
+         it was dropped"
+    )]
+    TransactionTooManyBytes {
+        /// The transaction id.
+        transaction: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// More bytes in all open transactions of the connection than allowed.
+    #[error(
+        "open transactions hold more than {0} bytes on this connection (max-staged-bytes); \
+         the transaction was dropped"
+    )]
+    StagedTooManyBytes(usize),
     /// The router refused a destination or a message.
     #[error("{0}")]
     Route(#[from] RouteError),

@@ -36,10 +36,6 @@ use postbox_auth::{Credentials, Method, Operation, Principal};
 use reader::{FrameReader, ReadError};
 use writer::{Writer, WriterEnd};
 
-/// Most transactions open at once on one connection.
-const MAX_TRANSACTIONS: usize = 64;
-/// Most frames staged in one transaction.
-const MAX_TRANSACTION_FRAMES: usize = 10_000;
 /// RabbitMQ's SUBSCRIBE header bounding unacknowledged messages.
 const PREFETCH_COUNT: &str = "prefetch-count";
 /// RabbitMQ's SUBSCRIBE header setting a new queue's message TTL.
@@ -60,6 +56,16 @@ pub struct Settings {
     pub limits: Limits,
     /// Most subscriptions per connection.
     pub max_subscriptions: usize,
+    /// Most temporary queues per connection.
+    pub max_temp_queues: usize,
+    /// Most transactions open at once on one connection.
+    pub max_transactions: usize,
+    /// Most frames staged in one transaction.
+    pub max_transaction_frames: usize,
+    /// Most bytes staged in one transaction.
+    pub max_transaction_bytes: usize,
+    /// Most bytes staged in all open transactions of one connection.
+    pub max_staged_bytes: usize,
     /// Time allowed before CONNECT arrives.
     pub connect_timeout: Duration,
     /// Outbound buffer bound in bytes (slow consumer limit).
@@ -94,6 +100,11 @@ impl Settings {
                 max_body: config.max_body_size,
             },
             max_subscriptions: config.max_subscriptions,
+            max_temp_queues: config.max_temp_queues,
+            max_transactions: config.max_transactions,
+            max_transaction_frames: config.max_transaction_frames,
+            max_transaction_bytes: config.max_transaction_bytes,
+            max_staged_bytes: config.max_staged_bytes,
             connect_timeout: config.connect_timeout(),
             outbound_buffer: config.outbound_buffer,
             outbound_stall: Duration::from_millis(config.outbound_stall_ms),
@@ -313,6 +324,7 @@ where
         subscriptions: HashMap::new(),
         by_key: HashMap::new(),
         transactions: HashMap::new(),
+        staged_bytes: 0,
         temp_queues: HashMap::new(),
         principal,
         auth: context.state.auth.clone(),
@@ -450,6 +462,28 @@ enum Staged {
     Ack(Acknowledgement),
 }
 
+/// An open transaction: its frames in order and what they weigh.
+#[derive(Debug, Default)]
+struct Transaction {
+    frames: Vec<Staged>,
+    bytes: usize,
+}
+
+impl Staged {
+    /// What the staged frame counts against the transaction byte limits: a SEND's body
+    /// and headers, an ACK's naming header (plus a little for the rest).
+    fn cost(&self) -> usize {
+        const OVERHEAD: usize = 64;
+        match self {
+            Staged::Send(destination, frame) => {
+                let headers: usize = frame.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+                OVERHEAD + destination.as_str().len() + headers + frame.body.len()
+            }
+            Staged::Ack(ack) => OVERHEAD + ack.subscription.len() + ack.named_by.1.len(),
+        }
+    }
+}
+
 /// An ACK or NACK, resolved.
 #[derive(Debug)]
 struct Acknowledgement {
@@ -474,7 +508,10 @@ struct Session {
     subscriptions: HashMap<ByteString, Subscription>,
     /// Client ids by subscription key (the first part of `ack` ids).
     by_key: HashMap<u64, ByteString>,
-    transactions: HashMap<ByteString, Vec<Staged>>,
+    /// Open transactions by id.
+    transactions: HashMap<ByteString, Transaction>,
+    /// Bytes staged in all open transactions (bounded by `max_staged_bytes`).
+    staged_bytes: usize,
     /// Temporary queues by the name after `/temp-queue/`. Declared after the
     /// subscriptions so those are dropped first.
     temp_queues: HashMap<String, TempQueue>,
@@ -845,6 +882,11 @@ impl Session {
     /// The temporary queue `name`, created on first use.
     fn temp_queue(&mut self, name: &str) -> Result<&TempQueue, SessionError> {
         if !self.temp_queues.contains_key(name) {
+            if self.temp_queues.len() >= self.settings.max_temp_queues {
+                return Err(SessionError::TooManyTempQueues(
+                    self.settings.max_temp_queues,
+                ));
+            }
             let temp = self.router.create_temp(name)?;
             self.temp_queues.insert(name.to_owned(), temp);
         }
@@ -854,10 +896,16 @@ impl Session {
     /// For `reply-to: /temp-queue/<name>`: makes sure the queue exists and that this
     /// connection receives from it (subscribing it as `/temp-queue/<name>` unless the
     /// client subscribed itself), and returns the routable name to put in `reply-to`.
+    /// The subscription made here counts against `max-subscriptions` like any other.
     fn reply_queue(&mut self, name: &str) -> Result<ByteString, SessionError> {
-        let reply_to = self.temp_queue(name)?.reply_to().shared().clone();
         let id = ByteString::from(format!("{}{name}", Kind::TempQueue.prefix()));
         let subscribed = self.subscriptions.contains_key(&id);
+        if !subscribed && self.subscriptions.len() >= self.settings.max_subscriptions {
+            return Err(SessionError::TooManySubscriptions(
+                self.settings.max_subscriptions,
+            ));
+        }
+        let reply_to = self.temp_queue(name)?.reply_to().shared().clone();
         if !subscribed {
             let subscriber = Subscriber {
                 outbox: self.outbox.clone(),
@@ -1045,26 +1093,49 @@ impl Session {
                 transaction,
             )));
         }
-        if self.transactions.len() >= MAX_TRANSACTIONS {
-            return Err(SessionError::TooManyTransactions(MAX_TRANSACTIONS));
+        if self.transactions.len() >= self.settings.max_transactions {
+            return Err(SessionError::TooManyTransactions(
+                self.settings.max_transactions,
+            ));
         }
-        self.transactions.insert(transaction.clone(), Vec::new());
+        // The id is kept until COMMIT or ABORT: a copy, not a slice of the read buffer.
+        self.transactions
+            .insert(owned(transaction), Transaction::default());
         Ok(Flow::Continue)
     }
 
-    /// Holds a SEND, ACK or NACK back until its transaction commits.
+    /// Holds a SEND, ACK or NACK back until its transaction commits. Past a limit the
+    /// transaction is dropped at once (its memory freed) and the client gets an ERROR.
     fn stage(&mut self, transaction: &ByteString, staged: Staged) -> Result<(), SessionError> {
-        let frames = self
+        let settings = &self.settings;
+        let open = self
             .transactions
             .get_mut(transaction)
             .ok_or_else(|| SessionError::UnknownTransaction(error::shorten(transaction)))?;
-        if frames.len() >= MAX_TRANSACTION_FRAMES {
-            return Err(SessionError::TransactionTooLarge {
+        let cost = staged.cost();
+        let refusal = if open.frames.len() >= settings.max_transaction_frames {
+            Some(SessionError::TransactionTooLarge {
                 transaction: error::shorten(transaction),
-                limit: MAX_TRANSACTION_FRAMES,
-            });
+                limit: settings.max_transaction_frames,
+            })
+        } else if open.bytes + cost > settings.max_transaction_bytes {
+            Some(SessionError::TransactionTooManyBytes {
+                transaction: error::shorten(transaction),
+                limit: settings.max_transaction_bytes,
+            })
+        } else if self.staged_bytes + cost > settings.max_staged_bytes {
+            Some(SessionError::StagedTooManyBytes(settings.max_staged_bytes))
+        } else {
+            None
+        };
+        if let Some(error) = refusal {
+            let dropped = self.transactions.remove(transaction).unwrap_or_default();
+            self.staged_bytes -= dropped.bytes;
+            return Err(error);
         }
-        frames.push(staged);
+        open.frames.push(staged);
+        open.bytes += cost;
+        self.staged_bytes += cost;
         Ok(())
     }
 
@@ -1092,9 +1163,12 @@ impl Session {
 
     fn take_transaction(&mut self, frame: &Frame) -> Result<Vec<Staged>, SessionError> {
         let transaction = required(frame, names::TRANSACTION)?;
-        self.transactions
+        let taken = self
+            .transactions
             .remove(transaction)
-            .ok_or_else(|| SessionError::UnknownTransaction(error::shorten(transaction)))
+            .ok_or_else(|| SessionError::UnknownTransaction(error::shorten(transaction)))?;
+        self.staged_bytes -= taken.bytes;
+        Ok(taken.frames)
     }
 }
 
