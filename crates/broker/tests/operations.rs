@@ -491,12 +491,22 @@ async fn try_connect(addr: SocketAddr, headers: &[(&str, &str)]) -> (Frame, Clie
         connect = connect.header(*name, *value);
     }
     client.send(&connect).await;
-    // A password check is an argon2 hash, seconds in a debug build on a busy machine.
     let reply = client
-        .next_frame(Duration::from_secs(30))
+        .next_frame(Duration::from_secs(10))
         .await
         .expect("a reply to CONNECT");
     (reply, client)
+}
+
+/// The JWT secret of the reload tests, and a bearer token for alice signed with it.
+/// Tokens, not passwords, check the old settings: an argon2 check in a debug build on a
+/// loaded machine can outlast the broker's 5 s deadline for it.
+const RELOAD_JWT: &str = "a-jwt-secret-for-the-reload-tests-0123456789";
+
+fn alice_bearer() -> String {
+    let exp = postbox_broker::auth::now() + 600;
+    let token = common::hs256(RELOAD_JWT, &format!(r#"{{"sub":"alice","exp":{exp}}}"#));
+    format!("Bearer {token}")
 }
 
 #[tokio::test]
@@ -505,29 +515,30 @@ async fn a_reload_that_would_remove_authentication_is_refused_entirely() {
     let users = users_file(&dir);
     let file = dir.join("postbox.toml");
     let config = format!(
-        "users-file = {:?}\nmax-subscriptions = 1\n\
+        "users-file = {:?}\njwt-secret = {RELOAD_JWT:?}\nmax-subscriptions = 1\n\
          acl = [{{ user = \"alice\", read = [\"/topic/#\"] }}]\n",
         users.display().to_string()
     );
     std::fs::write(&file, &config).unwrap();
     let broker = Logged::start(&dir, &["--config", file.to_str().unwrap()]);
-    let alice = [("login", "alice"), ("passcode", "correct-horse")];
+    let bearer = alice_bearer();
+    let alice = [("Authorization", bearer.as_str())];
     assert_eq!(
         try_connect(broker.addr, &[]).await.0.command,
         Command::Error
     );
 
-    // The users file goes away, and a limit changes in the same edit.
+    // The users file and the JWT secret go away, and a limit changes in the same edit.
     std::fs::write(&file, "max-subscriptions = 3\n").unwrap();
     let line = broker.reload_and_wait(&["reload refused"]);
     assert!(line.contains("ERROR"), "{line}");
-    assert!(line.contains("users-file"), "{line}");
+    assert!(line.contains("users-file and jwt-secret"), "{line}");
     assert!(!broker.log().contains("reloaded"), "{}", broker.log());
 
     // Still no anonymous access...
     let (reply, _) = try_connect(broker.addr, &[]).await;
     assert_eq!(reply.command, Command::Error, "{reply:?}");
-    // ...alice still logs in, and the old subscription limit still holds.
+    // ...alice still gets in, and the old subscription limit still holds.
     let (reply, mut client) = try_connect(broker.addr, &alice).await;
     assert_eq!(reply.command, Command::Connected, "{reply:?}");
     client.subscribe("1", "/topic/a", &[]).await;
@@ -545,7 +556,7 @@ async fn a_reload_that_would_remove_authentication_is_refused_entirely() {
         "{error:?}"
     );
 
-    // Putting the users file back makes the next reload go through.
+    // Putting authentication back makes the next reload go through.
     std::fs::write(&file, format!("{config}max-headers = 32\n")).unwrap();
     broker.reload_and_wait(&["reloaded", "max-headers"]);
 }
@@ -553,21 +564,23 @@ async fn a_reload_that_would_remove_authentication_is_refused_entirely() {
 #[tokio::test]
 async fn allow_anonymous_changes_on_reload() {
     let dir = temp_dir("postbox-reload-anonymous");
-    let users = users_file(&dir);
     let file = dir.join("postbox.toml");
-    let users = format!("users-file = {:?}\n", users.display().to_string());
-    std::fs::write(&file, format!("{users}allow-anonymous = true\n")).unwrap();
+    let auth = format!("jwt-secret = {RELOAD_JWT:?}\n");
+    std::fs::write(&file, format!("{auth}allow-anonymous = true\n")).unwrap();
     let broker = Logged::start(&dir, &["--config", file.to_str().unwrap()]);
     let (reply, _) = try_connect(broker.addr, &[]).await;
     assert_eq!(reply.command, Command::Connected, "{reply:?}");
 
-    std::fs::write(&file, format!("{users}allow-anonymous = false\n")).unwrap();
+    std::fs::write(&file, format!("{auth}allow-anonymous = false\n")).unwrap();
     broker.reload_and_wait(&["reloaded", "allow-anonymous"]);
     let (reply, _) = try_connect(broker.addr, &[]).await;
     assert_eq!(reply.command, Command::Error, "{reply:?}");
-    let alice = [("login", "alice"), ("passcode", "correct-horse")];
+    let bearer = alice_bearer();
     assert_eq!(
-        try_connect(broker.addr, &alice).await.0.command,
+        try_connect(broker.addr, &[("Authorization", bearer.as_str())])
+            .await
+            .0
+            .command,
         Command::Connected
     );
 }
