@@ -321,3 +321,113 @@ async fn reply_to_subscriptions_count_against_the_subscription_limit() {
     assert!(message.contains("at most 3"), "{message}");
     client.expect_closed().await;
 }
+
+/// Sends `raw` on a connection (after CONNECT when `connected`) and returns the ERROR,
+/// checking that the connection then closes.
+async fn refusal(addr: std::net::SocketAddr, connected: bool, raw: &[u8]) -> Frame {
+    let mut client = if connected {
+        Client::connect(addr, &[]).await
+    } else {
+        Client::open(addr).await
+    };
+    let _ = client.try_send_raw(raw).await;
+    let error = client.expect_error().await;
+    client.expect_closed().await;
+    error
+}
+
+#[tokio::test]
+async fn limit_errors_name_the_limit_and_answer_the_receipt() {
+    let broker = common::start(&[
+        "--max-frame-size",
+        "4096",
+        "--max-body-size",
+        "2048",
+        "--max-headers",
+        "8",
+        "--max-header-length",
+        "1024",
+    ]);
+    let wide = |n: usize| {
+        (0..n)
+            .map(|i| format!("x-{i}:{}\n", "v".repeat(900)))
+            .collect::<String>()
+    };
+    let cases = [
+        (
+            "SEND\ndestination:/queue/a\nreceipt:body\ncontent-length:3000\n\n".to_owned(),
+            "body too large: more than 2048 bytes (max-body-size)",
+            Some("body"),
+        ),
+        (
+            format!("SEND\nreceipt:frame\n{}", wide(5)),
+            "frame too large: more than 4096 bytes (max-frame-size)",
+            Some("frame"),
+        ),
+        (
+            format!("SEND\nreceipt:count\n{}", "a:1\n".repeat(8)),
+            "too many headers: more than 8 (max-headers)",
+            Some("count"),
+        ),
+        (
+            format!("SEND\nreceipt:line\nx:{}", "y".repeat(2000)),
+            "header line too long: more than 1024 bytes (max-header-length)",
+            Some("line"),
+        ),
+        // The receipt comes after the line that breaks the limit: never read.
+        (
+            format!("SEND\nx:{}\nreceipt:late\n\n\0", "y".repeat(2000)),
+            "header line too long: more than 1024 bytes (max-header-length)",
+            None,
+        ),
+    ];
+    for (raw, message, receipt) in cases {
+        let error = refusal(broker.addr, true, raw.as_bytes()).await;
+        assert_eq!(error.get("message"), Some(message), "{error:?}");
+        assert_eq!(error.get("receipt-id"), receipt, "{error:?}");
+    }
+    // Before CONNECT too.
+    let error = refusal(
+        broker.addr,
+        false,
+        format!(
+            "CONNECT\naccept-version:1.2\nreceipt:hello\n{}",
+            "a:1\n".repeat(8)
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        error.get("message"),
+        Some("too many headers: more than 8 (max-headers)")
+    );
+    assert_eq!(error.get("receipt-id"), Some("hello"));
+}
+
+#[tokio::test]
+async fn huge_heart_beat_values_are_capped() {
+    // A large grace multiplies the client's interval: uncapped, u64::MAX ms times this
+    // overflowed a Duration and took the connection's task down before CONNECTED.
+    let broker = common::start(&["--heartbeat-grace", "100000"]);
+    for heart_beat in [
+        "18446744073709551615,0",
+        "99999999999999999999,99999999999999999999",
+    ] {
+        let mut client = Client::open(broker.addr).await;
+        client
+            .send_raw(
+                format!("CONNECT\naccept-version:1.2\nheart-beat:{heart_beat}\n\n\0").as_bytes(),
+            )
+            .await;
+        client.expect(Command::Connected).await;
+        client
+            .send(
+                &Frame::new(Command::Send)
+                    .header("destination", "/topic/beats")
+                    .header("receipt", "alive"),
+            )
+            .await;
+        client.expect_receipt("alive").await;
+        client.disconnect().await;
+    }
+}

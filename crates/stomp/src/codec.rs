@@ -49,6 +49,11 @@ pub struct StompCodec {
     limits: Limits,
     state: State,
     spans: Vec<HeaderSpan>,
+    /// Where the raw value of the first `receipt` header of the frame being decoded
+    /// sits in the buffer, once its line was read within the limits.
+    receipt_at: Option<(usize, usize)>,
+    /// That value, kept when the frame failed to decode (see [`StompCodec::failed_receipt`]).
+    failed_receipt: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -96,7 +101,16 @@ impl StompCodec {
             limits,
             state: FRESH,
             spans: Vec::new(),
+            receipt_at: None,
+            failed_receipt: None,
         }
+    }
+
+    /// The `receipt` header of a frame that failed to decode, if its line had been read
+    /// before the failure, so the ERROR can carry `receipt-id` (STOMP 1.2 "ERROR").
+    /// Costs nothing until a decode fails: until then only the value's position is kept.
+    pub fn failed_receipt(&self) -> Option<&str> {
+        self.failed_receipt.as_deref()
     }
 
     /// The version whose escaping rules apply.
@@ -151,6 +165,11 @@ impl StompCodec {
                 return Err(FrameError::TooManyHeaders {
                     limit: limits.max_headers,
                 });
+            }
+            // The first occurrence counts (STOMP 1.2 "Repeated Header Entries").
+            if *lines > 1 && self.receipt_at.is_none() && content.starts_with(b"receipt:") {
+                let start = *line_start + b"receipt:".len();
+                self.receipt_at = Some((start, *line_start + content.len()));
             }
             *line_start = newline + 1;
             *scanned = newline + 1;
@@ -281,16 +300,17 @@ impl StompCodec {
             }
         }
         let bytes = src.split_to(end).freeze();
+        let receipt_at = self.receipt_at.take();
         let escaping = Escaping::for_frame(self.version, command);
-        let mut headers = Headers::with_capacity(self.spans.len());
-        for span in &self.spans {
-            let name = match well_known_name(&bytes[span.name.clone()]) {
-                Some(name) => ByteString::from_static(name),
-                None => header_text(&bytes, span.name.clone(), escaping, span.line)?,
-            };
-            let value = header_text(&bytes, span.value.clone(), escaping, span.line)?;
-            headers.push(name, value);
-        }
+        let headers = match headers_of(&bytes, &self.spans, escaping) {
+            Ok(headers) => headers,
+            Err(error) => {
+                // The frame has left `src`: its receipt is read from `bytes`.
+                self.failed_receipt =
+                    receipt_at.and_then(|at| receipt_text(&bytes, at, self.version));
+                return Err(error);
+            }
+        };
         if self.spans.capacity() > KEEP_SPANS {
             self.spans = Vec::new();
         }
@@ -328,6 +348,42 @@ fn well_known_name(raw: &[u8]) -> Option<&'static str> {
         b"priority" => "priority",
         _ => return None,
     })
+}
+
+/// Builds a frame's headers from their spans in `bytes`.
+fn headers_of(
+    bytes: &Bytes,
+    spans: &[HeaderSpan],
+    escaping: Escaping,
+) -> Result<Headers, FrameError> {
+    let mut headers = Headers::with_capacity(spans.len());
+    for span in spans {
+        let name = match well_known_name(&bytes[span.name.clone()]) {
+            Some(name) => ByteString::from_static(name),
+            None => header_text(bytes, span.name.clone(), escaping, span.line)?,
+        };
+        let value = header_text(bytes, span.value.clone(), escaping, span.line)?;
+        headers.push(name, value);
+    }
+    Ok(headers)
+}
+
+/// The unescaped `receipt` value at `at` in `head`, a frame head that failed to decode;
+/// `None` if the value itself is not valid.
+fn receipt_text(head: &[u8], (start, end): (usize, usize), version: Version) -> Option<String> {
+    let command_line = head.split(|&b| b == b'\n').next()?;
+    let command_line = command_line.strip_suffix(b"\r").unwrap_or(command_line);
+    // An unknown command gets the rules of an ordinary frame.
+    let command = Command::from_bytes(command_line).unwrap_or(Command::Send);
+    let raw = head.get(start..end)?;
+    let value = match Escaping::for_frame(version, command)
+        .unescape(raw, 0)
+        .ok()?
+    {
+        Some(decoded) => decoded,
+        None => raw.to_vec(),
+    };
+    String::from_utf8(value).ok()
 }
 
 /// Unescapes one header name or value and checks it is UTF-8, sharing `bytes` if possible.
@@ -376,6 +432,19 @@ impl Decoder for StompCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Item>, FrameError> {
+        let decoded = self.decode_item(src);
+        if decoded.is_err()
+            && let Some(at) = self.receipt_at.take()
+        {
+            self.failed_receipt = receipt_text(src, at, self.version);
+        }
+        decoded
+    }
+}
+
+impl StompCodec {
+    /// [`Decoder::decode`] without the bookkeeping of a failure.
+    fn decode_item(&mut self, src: &mut BytesMut) -> Result<Option<Item>, FrameError> {
         if let State::Head {
             scanned: 0,
             line_start: 0,
@@ -668,6 +737,78 @@ mod tests {
             decode(&mut StompCodec::default(), &one_more),
             Err(FrameError::TooManyHeaders { limit: 1000 })
         ));
+    }
+
+    /// The receipt the codec kept after `wire` failed to decode.
+    fn receipt_after_failure(version: Version, wire: &[u8]) -> Option<String> {
+        let mut codec = StompCodec::new(version, small_limits());
+        decode(&mut codec, wire).unwrap_err();
+        codec.failed_receipt().map(str::to_owned)
+    }
+
+    #[test]
+    fn a_failed_frame_keeps_a_receipt_read_before_the_failure() {
+        let long = "y".repeat(40);
+        let cases: [(Vec<u8>, Option<&str>); 8] = [
+            // Limits met after the receipt line.
+            (b"SEND\nreceipt:r-1\na:1\nb:2\nc:3\n".to_vec(), Some("r-1")),
+            (
+                format!("SEND\nreceipt:r-2\nx:{long}").into_bytes(),
+                Some("r-2"),
+            ),
+            (
+                b"SEND\nreceipt:r-3\ncontent-length:65\n\n".to_vec(),
+                Some("r-3"),
+            ),
+            // Any failure once the whole head was read: the receipt may come last.
+            (
+                b"SEND\ncontent-length:x\nreceipt:r-4\n\n".to_vec(),
+                Some("r-4"),
+            ),
+            // First occurrence wins; 1.2 escapes are decoded.
+            (
+                b"SEND\nreceipt:a\\cb\nreceipt:c\nnocolon\n\n\0".to_vec(),
+                Some("a:b"),
+            ),
+            // Not read yet, or itself the broken line.
+            (format!("SEND\nx:{long}\nreceipt:r-5\n").into_bytes(), None),
+            (format!("SEND\nreceipt:{long}\n").into_bytes(), None),
+            (b"SEND\nreceipt:a\\t\n\n\0".to_vec(), None),
+        ];
+        for (wire, receipt) in cases {
+            assert_eq!(
+                receipt_after_failure(Version::V1_2, &wire).as_deref(),
+                receipt,
+                "{:?}",
+                wire.escape_ascii().to_string()
+            );
+        }
+        // CONNECT headers are never unescaped.
+        assert_eq!(
+            receipt_after_failure(Version::V1_2, b"CONNECT\nreceipt:a\\cb\na:1\nb:2\nc:3\n")
+                .as_deref(),
+            Some("a\\cb")
+        );
+    }
+
+    #[test]
+    fn a_receipt_from_an_invalid_header_elsewhere_is_kept() {
+        // The failure comes while the headers are built, after the frame left the buffer.
+        let mut codec = StompCodec::default();
+        let wire = b"SEND\nreceipt:r-9\nbad:\\t\n\n\0";
+        assert!(matches!(
+            decode(&mut codec, wire),
+            Err(FrameError::InvalidEscape { line: 2, .. })
+        ));
+        assert_eq!(codec.failed_receipt(), Some("r-9"));
+    }
+
+    #[test]
+    fn a_receipt_does_not_leak_into_the_next_frame() {
+        let mut codec = StompCodec::new(Version::V1_2, small_limits());
+        let wire = b"SEND\nreceipt:old\n\n\0SEND\na:1\nb:2\nc:3\nd:4\n";
+        assert!(decode(&mut codec, wire).is_err());
+        assert_eq!(codec.failed_receipt(), None);
     }
 
     #[test]

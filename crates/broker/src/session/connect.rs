@@ -12,6 +12,12 @@ use super::error::shorten;
 use crate::session::Settings;
 use crate::vhost::Vhosts;
 
+/// The longest heart-beat interval either way. A client may announce any number of
+/// milliseconds; past a day (longer than NATs and load balancers keep a silent connection
+/// open) a value only means "rarely", and the cap keeps the timer arithmetic built on it
+/// (`Instant + interval`, interval times the grace factor) far from overflowing.
+pub const MAX_HEART_BEAT: Duration = Duration::from_secs(86_400);
+
 /// What a successful CONNECT settled.
 #[derive(Debug)]
 pub struct Negotiated {
@@ -51,8 +57,13 @@ pub fn negotiate(
             expected: "two non-negative integers such as 10000,10000",
         })?,
     };
+    // The larger of the two (STOMP 1.2 "Heart-beating"): the server's own intervals are
+    // the floor, so a client asking for heart-beats every millisecond gets them at the
+    // server's pace. Like RabbitMQ, which rounds a client's value up to whole seconds,
+    // Postbox never beats faster than configured.
     let every = |ours: u64, theirs: u64| {
-        (ours > 0 && theirs > 0).then(|| Duration::from_millis(ours.max(theirs)))
+        (ours > 0 && theirs > 0)
+            .then(|| Duration::from_millis(ours.max(theirs)).min(MAX_HEART_BEAT))
     };
     Ok(Negotiated {
         version,
@@ -86,7 +97,20 @@ pub fn connected(negotiated: &Negotiated, session_id: &str, settings: &Settings)
 /// Parses `cx,cy`.
 fn parse_heart_beat(value: &str) -> Option<(u64, u64)> {
     let (send, receive) = value.split_once(',')?;
-    Some((send.trim().parse().ok()?, receive.trim().parse().ok()?))
+    Some((millis(send)?, millis(receive)?))
+}
+
+/// A non-negative decimal number of milliseconds. Numbers past `u64::MAX` saturate
+/// rather than fail: they are capped to [`MAX_HEART_BEAT`] anyway.
+fn millis(text: &str) -> Option<u64> {
+    let digits = text.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.bytes().fold(0u64, |acc, digit| {
+        acc.saturating_mul(10)
+            .saturating_add(u64::from(digit - b'0'))
+    }))
 }
 
 #[cfg(test)]
@@ -125,6 +149,55 @@ mod tests {
     }
 
     #[test]
+    fn a_client_cannot_ask_for_heart_beats_faster_than_the_server_offers() {
+        let n = negotiate_with(&[("accept-version", "1.2"), ("heart-beat", "1,1")]).unwrap();
+        assert_eq!(n.send_every, Some(Duration::from_millis(5000)));
+        assert_eq!(n.receive_every, Some(Duration::from_millis(8000)));
+    }
+
+    #[test]
+    fn huge_heart_beats_are_capped_not_refused() {
+        for huge in [
+            "86400001",
+            "18446744073709551615",
+            "99999999999999999999",
+            "000000000000000000000000000000000000000099999999999999999999999",
+        ] {
+            let value = format!("{huge},{huge}");
+            let n = negotiate_with(&[("accept-version", "1.2"), ("heart-beat", &value)])
+                .unwrap_or_else(|e| panic!("{value}: {e}"));
+            assert_eq!(n.send_every, Some(MAX_HEART_BEAT), "{value}");
+            assert_eq!(n.receive_every, Some(MAX_HEART_BEAT), "{value}");
+            // The session multiplies the receive interval by heartbeat-grace.
+            let silence = n.receive_every.unwrap().as_secs_f64() * 1e6;
+            assert!(Duration::try_from_secs_f64(silence).is_ok(), "{value}");
+        }
+        let n = negotiate_with(&[("accept-version", "1.2"), ("heart-beat", "86400000,0")]).unwrap();
+        assert_eq!(n.receive_every, Some(MAX_HEART_BEAT));
+        assert_eq!(n.send_every, None);
+    }
+
+    #[test]
+    fn the_servers_own_intervals_are_capped_too() {
+        let settings = Settings {
+            heartbeat_send_ms: u64::MAX,
+            heartbeat_receive_ms: u64::MAX,
+            ..Settings::for_tests()
+        };
+        let frame = connect(&[("accept-version", "1.2"), ("heart-beat", "1,1")]);
+        let n = negotiate(
+            &frame,
+            &settings,
+            &Vhosts::new(&crate::Config::defaults(), "n"),
+        )
+        .unwrap();
+        assert_eq!(
+            (n.send_every, n.receive_every),
+            (Some(MAX_HEART_BEAT), Some(MAX_HEART_BEAT))
+        );
+    }
+
+    #[test]
     fn zero_means_no_heart_beats_that_way() {
         let n = negotiate_with(&[("accept-version", "1.2"), ("heart-beat", "0,1000")]).unwrap();
         assert_eq!(n.receive_every, None);
@@ -150,7 +223,9 @@ mod tests {
 
     #[test]
     fn malformed_heart_beat_is_an_error() {
-        for bad in ["10", "a,b", "-1,5", "1,2,3"] {
+        for bad in [
+            "10", "a,b", "-1,5", "1,2,3", "", ",", "1,", " ,1", "1 0,1", "+1,1",
+        ] {
             assert!(
                 matches!(
                     negotiate_with(&[("accept-version", "1.2"), ("heart-beat", bad)]),

@@ -12,7 +12,20 @@ use crate::metrics::DisconnectReason;
 pub enum SessionError {
     /// The peer's bytes are not valid STOMP.
     #[error("malformed frame: {0}")]
-    Frame(#[from] FrameError),
+    Frame(FrameError),
+    /// A frame broke a configured size limit; the text names the limit, its value and
+    /// the option that sets it, so the client's developer knows what to change or ask for.
+    #[error("{what}: more than {limit}{unit} ({option})")]
+    LimitExceeded {
+        /// What was too large, such as `frame too large`.
+        what: &'static str,
+        /// The configured value.
+        limit: usize,
+        /// ` bytes`, or empty for a count.
+        unit: &'static str,
+        /// The configuration option.
+        option: &'static str,
+    },
     /// The first frame was not CONNECT or STOMP.
     #[error("expected CONNECT or STOMP as the first frame, got {0}")]
     ExpectedConnect(Command),
@@ -159,6 +172,30 @@ pub enum SessionError {
     Closed(CloseReason),
 }
 
+impl From<FrameError> for SessionError {
+    fn from(error: FrameError) -> SessionError {
+        let (what, limit, unit, option) = match error {
+            FrameError::FrameTooLarge { limit } => {
+                ("frame too large", limit, " bytes", "max-frame-size")
+            }
+            FrameError::BodyTooLarge { limit } => {
+                ("body too large", limit, " bytes", "max-body-size")
+            }
+            FrameError::TooManyHeaders { limit } => ("too many headers", limit, "", "max-headers"),
+            FrameError::HeaderLineTooLong { limit } => {
+                ("header line too long", limit, " bytes", "max-header-length")
+            }
+            other => return SessionError::Frame(other),
+        };
+        SessionError::LimitExceeded {
+            what,
+            limit,
+            unit,
+            option,
+        }
+    }
+}
+
 fn describe_close(reason: &CloseReason) -> String {
     match reason {
         CloseReason::SlowConsumer { limit } => format!(
@@ -233,6 +270,37 @@ mod tests {
         assert_eq!(frame.get("receipt-id"), Some("r-9"));
         assert_eq!(frame.get("content-type"), Some("text/plain"));
         assert!(!frame.body.is_empty());
+    }
+
+    #[test]
+    fn limit_errors_name_the_limit_its_value_and_its_option() {
+        let cases = [
+            (
+                FrameError::FrameTooLarge { limit: 1048576 },
+                "frame too large: more than 1048576 bytes (max-frame-size)",
+            ),
+            (
+                FrameError::BodyTooLarge { limit: 10 },
+                "body too large: more than 10 bytes (max-body-size)",
+            ),
+            (
+                FrameError::TooManyHeaders { limit: 1000 },
+                "too many headers: more than 1000 (max-headers)",
+            ),
+            (
+                FrameError::HeaderLineTooLong { limit: 16384 },
+                "header line too long: more than 16384 bytes (max-header-length)",
+            ),
+        ];
+        for (error, text) in cases {
+            let frame = SessionError::from(error).to_frame(Some("r-1"));
+            assert_eq!(frame.get("message"), Some(text));
+            assert_eq!(frame.get("receipt-id"), Some("r-1"));
+        }
+        assert_eq!(
+            SessionError::from(FrameError::InvalidContentLength).to_string(),
+            "malformed frame: content-length is not a non-negative integer"
+        );
     }
 
     #[test]

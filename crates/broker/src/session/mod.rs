@@ -269,7 +269,10 @@ where
             SessionError::ConnectTimeout(settings.connect_timeout.as_millis() as u64),
             None
         ),
-        Ok(Err(ReadError::Frame(error))) => refuse!(SessionError::from(error), None),
+        Ok(Err(ReadError::Frame(error))) => refuse!(
+            SessionError::from(error),
+            reader.codec_mut().failed_receipt()
+        ),
         Ok(Err(_)) | Ok(Ok(None)) => {
             metrics.disconnected(DisconnectReason::Client);
             return debug!("closed before CONNECT");
@@ -581,7 +584,9 @@ impl Session {
                     done.cancel();
                     return ReaderEnd::Io(error);
                 }
-                Err(ReadError::Frame(error)) => return self.fail(error.into(), None),
+                Err(ReadError::Frame(error)) => {
+                    return self.fail(error.into(), reader.codec_mut().failed_receipt());
+                }
                 Err(ReadError::Silent(limit)) => {
                     let interval = limit.div_f64(self.settings.heartbeat_grace);
                     let error = SessionError::HeartBeatTimeout {
