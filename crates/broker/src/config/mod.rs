@@ -32,6 +32,10 @@ pub const PRECEDENCE: &str = "Each option can be given as a flag, a key in the -
 file, or a POSTBOX_* environment variable (POSTBOX_ plus the name in upper case with _ for -). \
 Precedence: flags over the file, the file over the environment, the environment over defaults.";
 
+/// The largest `heartbeat-grace`: with heart-beats capped at a day, a silence limit of
+/// at most a hundred days stays far from overflowing `Instant` arithmetic.
+pub const MAX_HEARTBEAT_GRACE: f64 = 100.0;
+
 /// The broker's effective configuration. Its `Debug` masks every secret (see [`Secret`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -295,8 +299,13 @@ impl Config {
         if self.max_header_length < 64 {
             return invalid("max-header-length", "must be at least 64 bytes".into());
         }
-        if !(self.heartbeat_grace >= 1.0 && self.heartbeat_grace.is_finite()) {
-            return invalid("heartbeat-grace", "must be a number of at least 1.0".into());
+        // The ceiling keeps "a day of heart-beats times the grace" a representable
+        // deadline; a grace past a hundred intervals means heart-beats are not wanted.
+        if !(1.0..=MAX_HEARTBEAT_GRACE).contains(&self.heartbeat_grace) {
+            return invalid(
+                "heartbeat-grace",
+                format!("must be a number from 1.0 to {MAX_HEARTBEAT_GRACE}"),
+            );
         }
         if self.lame_duck_ms >= self.drain_timeout_ms {
             return invalid(
@@ -910,8 +919,10 @@ mod tests {
                 .to_string()
                 .starts_with("invalid 'listen': 'nowhere' is not host:port")
         );
-        let error = load_with(&["--heartbeat-grace", "0.5"], &[]).unwrap_err();
-        assert!(error.to_string().contains("heartbeat-grace"));
+        for bad in ["0.5", "100.5", "1e300", "inf", "NaN"] {
+            let error = load_with(&["--heartbeat-grace", bad], &[]).unwrap_err();
+            assert!(error.to_string().contains("heartbeat-grace"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -469,7 +469,7 @@ pub const OPTIONS: &[OptionSpec] = &[
         "heartbeat-grace",
         Kind::Float,
         "1.5",
-        "A client silent for this many negotiated heart-beat intervals is disconnected.",
+        "A client silent for this many negotiated heart-beat intervals is disconnected (1 to 100).",
     ),
     opt(
         "drain-timeout-ms",
