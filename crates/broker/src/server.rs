@@ -475,6 +475,9 @@ impl Shared {
                 }
             };
             let _ = stream.set_nodelay(true);
+            if let Some(idle) = self.context.state.settings().tcp_keepalive {
+                set_keepalive(&stream, idle);
+            }
             if transport == Transport::Http {
                 let state = self.context.state.clone();
                 // connect-timeout-ms, as reloaded last.
@@ -613,9 +616,44 @@ fn random_node_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Probes sent after `idle` of silence before a connection counts as dead.
+const KEEPALIVE_PROBES: u32 = 6;
+
+/// Time between two keepalive probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Turns on TCP keepalive, so the kernel closes a connection whose peer vanished (power
+/// loss, a dropped NAT entry) even when no heart-beats were negotiated: the next read
+/// then fails and the session ends as for a reset. Failure only costs that detection.
+fn set_keepalive(stream: &tokio::net::TcpStream, idle: Duration) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        debug!(%error, "could not turn on TCP keepalive");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_get_keepalive_with_the_configured_idle_time() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let socket = socket2::SockRef::from(&accepted);
+        assert!(!socket.keepalive().unwrap());
+        set_keepalive(&accepted, Duration::from_secs(42));
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+    }
 
     fn listening(addr: &str) -> Vec<Listening> {
         vec![
@@ -675,3 +713,4 @@ mod tests {
         );
     }
 }
+

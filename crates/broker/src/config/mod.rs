@@ -95,6 +95,7 @@ pub struct Config {
     pub connect_timeout_ms: u64,
     pub outbound_buffer: usize,
     pub outbound_stall_ms: u64,
+    pub tcp_keepalive_s: u64,
     pub memory_high_watermark: u64,
     pub queue_max_length: usize,
     pub queue_max_bytes: usize,
@@ -591,6 +592,7 @@ pub fn reloadable(name: &str) -> bool {
             | "connect-timeout-ms"
             | "outbound-buffer"
             | "outbound-stall-ms"
+            | "tcp-keepalive-s"
             | "memory-high-watermark"
             | "heartbeat-send-ms"
             | "heartbeat-receive-ms"

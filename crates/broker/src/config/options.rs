@@ -394,6 +394,14 @@ pub const OPTIONS: &[OptionSpec] = &[
          disconnected as a slow consumer.",
     ),
     opt(
+        "tcp-keepalive-s",
+        Kind::Int,
+        "60",
+        "Idle seconds before the kernel probes a quiet client connection; a peer that \
+         answers none of 6 probes 10 s apart is closed (0: no keepalive). Finds dead \
+         peers that negotiated no heart-beats.",
+    ),
+    opt(
         "outbound-stall-ms",
         Kind::Int,
         "10000",

@@ -73,6 +73,8 @@ pub struct Settings {
     /// How long a session past its outbound bound may go without the writer making
     /// progress before it is closed as a slow consumer.
     pub outbound_stall: Duration,
+    /// Idle time before TCP keepalive probes start, `None` for no keepalive.
+    pub tcp_keepalive: Option<Duration>,
     /// The server's own heart-beat send interval, 0 for none.
     pub heartbeat_send_ms: u64,
     /// The interval the server asks clients to send at, 0 for none.
@@ -108,6 +110,8 @@ impl Settings {
             connect_timeout: config.connect_timeout(),
             outbound_buffer: config.outbound_buffer,
             outbound_stall: Duration::from_millis(config.outbound_stall_ms),
+            tcp_keepalive: (config.tcp_keepalive_s > 0)
+                .then(|| Duration::from_secs(config.tcp_keepalive_s)),
             heartbeat_send_ms: config.heartbeat_send_ms,
             heartbeat_receive_ms: config.heartbeat_receive_ms,
             heartbeat_grace: config.heartbeat_grace,
