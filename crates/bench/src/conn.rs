@@ -276,7 +276,24 @@ impl Reader {
     }
 }
 
+/// The TCP stream under a connection's two halves, to close it in a chosen way (a reset
+/// with `SO_LINGER` 0, say); `None` over WebSocket.
+pub fn into_tcp(reader: Reader, writer: Writer) -> Option<TcpStream> {
+    match (reader.io, writer.io) {
+        (ReadIo::Tcp(read), WriteIo::Tcp(write)) => read.reunite(write).ok(),
+        _ => None,
+    }
+}
+
 impl Writer {
+    /// Half-closes the connection: a FIN over TCP, a Close frame over WebSocket.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        match &mut self.io {
+            WriteIo::Tcp(io) => io.shutdown().await,
+            WriteIo::Ws(sink) => sink.close().await.map_err(io::Error::other),
+        }
+    }
+
     /// Encodes `frame` into the buffer without writing.
     pub fn queue(&mut self, frame: &Frame) {
         encode::encode_frame(frame, Version::V1_2, &mut self.buf);

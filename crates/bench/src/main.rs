@@ -4,6 +4,8 @@
 //! (add `--ws --addr 127.0.0.1:15674` to go through the WebSocket listener)
 //! prints delivered and published messages per second and end-to-end latency
 //! percentiles; `--json` prints one JSON object instead, for comparison scripts.
+//! `postbox-bench soak --duration 30m --broker-pid PID` mixes load and client faults
+//! against one broker and checks that it keeps answering (see `soak.rs`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod conn;
@@ -12,6 +14,7 @@ mod fanout;
 mod null_broker;
 mod queue;
 mod report;
+mod soak;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -61,6 +64,11 @@ enum Scenario {
     /// Many idle subscribed connections: open rate, broker memory per connection, and
     /// time for one message to reach them all.
     Connections(ConnectionsArgs),
+    /// Fault-and-load soak: publishers, vanishing queue consumers in every ack mode, slow
+    /// readers, a receipt flood, bad frames and reconnect storms against one broker, while
+    /// a probe times one SEND→MESSAGE round trip per second. Exits 1 on a stall or if
+    /// the broker stops answering.
+    Soak(SoakArgs),
     /// Not a scenario: a stand-in broker that parses nothing, answering just enough for
     /// the connections scenario, to measure what the machine allows without a broker.
     NullBroker {
@@ -89,6 +97,67 @@ struct ConnectionsArgs {
     /// Broadcasts to time.
     #[arg(long, default_value_t = 5)]
     broadcasts: usize,
+}
+
+#[derive(Args, Debug)]
+struct SoakArgs {
+    /// Broker STOMP address.
+    #[arg(long, default_value = "127.0.0.1:61613")]
+    addr: SocketAddr,
+    /// CONNECT login.
+    #[arg(long)]
+    login: Option<String>,
+    /// CONNECT passcode.
+    #[arg(long)]
+    passcode: Option<String>,
+    /// CONNECT host (virtual host).
+    #[arg(long, default_value = "/")]
+    host: String,
+    /// The broker's process id: its VmRSS, Threads and open descriptors are sampled.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// How long the load runs (30m, 90s, 1h; a bare number is seconds).
+    #[arg(long, default_value = "5m", value_parser = soak::parse_duration)]
+    duration: Duration,
+    /// A probe round trip longer than this is a stall.
+    #[arg(long, default_value = "1s", value_parser = soak::parse_duration)]
+    stall: Duration,
+    /// Interval between progress lines.
+    #[arg(long, default_value = "10s", value_parser = soak::parse_duration)]
+    report_every: Duration,
+    /// Wait after the load stops and the queues are drained, before the end sample.
+    #[arg(long, default_value = "10s", value_parser = soak::parse_duration)]
+    settle: Duration,
+    /// Messages per second offered by all publishers together.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Publishers to the topic, and as many to the queues.
+    #[arg(long, default_value_t = 2)]
+    publishers: usize,
+    /// Topic subscribers that read promptly.
+    #[arg(long, default_value_t = 2)]
+    subscribers: usize,
+    /// Queues, each with a cohort of consumers that come and go together.
+    #[arg(long, default_value_t = 3)]
+    cohorts: usize,
+    /// Consumers per cohort (ack modes and ways of leaving rotate among them).
+    #[arg(long, default_value_t = 4)]
+    cohort_size: usize,
+    /// Topic subscribers that read 4 KiB every 200 ms.
+    #[arg(long, default_value_t = 2)]
+    slow_readers: usize,
+    /// Clients that send receipted frames and never read.
+    #[arg(long, default_value_t = 1)]
+    floods: usize,
+    /// Connections opened and dropped together in one reconnect storm (0: none).
+    #[arg(long, default_value_t = 50)]
+    storm_size: usize,
+    /// Interval between reconnect storms.
+    #[arg(long, default_value = "5s", value_parser = soak::parse_duration)]
+    storm_every: Duration,
+    /// Interval between connections that send one bad input each.
+    #[arg(long, default_value = "200ms", value_parser = soak::parse_duration)]
+    bad_every: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -177,6 +246,7 @@ fn main() -> ExitCode {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     match &cli.scenario {
         Scenario::Connections(args) => return run_connections(args),
+        Scenario::Soak(args) => return run_soak(args),
         Scenario::NullBroker { listen } => return run_null_broker(*listen),
         _ => {}
     }
@@ -187,7 +257,9 @@ fn main() -> ExitCode {
     let ws = match &cli.scenario {
         Scenario::Fanout(args) => args.common.ws,
         Scenario::Queue(args) => args.common.ws,
-        Scenario::Connections(_) | Scenario::NullBroker { .. } => unreachable!("handled above"),
+        Scenario::Connections(_) | Scenario::Soak(_) | Scenario::NullBroker { .. } => {
+            unreachable!("handled above")
+        }
     };
     let (json, result) = runtime.block_on(async {
         match cli.scenario {
@@ -211,7 +283,7 @@ fn main() -> ExitCode {
                     fanout::run(&target, &publish_target, &options).await,
                 )
             }
-            Scenario::Connections(_) | Scenario::NullBroker { .. } => {
+            Scenario::Connections(_) | Scenario::Soak(_) | Scenario::NullBroker { .. } => {
                 unreachable!("handled above")
             }
             Scenario::Queue(args) => {
@@ -282,6 +354,54 @@ fn run_connections(args: &ConnectionsArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn run_soak(args: &SoakArgs) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let target = conn::Target {
+        addr: args.addr,
+        login: args.login.clone(),
+        passcode: args.passcode.clone(),
+        host: args.host.clone(),
+        ws_path: None,
+    };
+    let options = soak::Options {
+        duration: args.duration,
+        report_every: args.report_every.max(Duration::from_millis(100)),
+        settle: args.settle,
+        stall: args.stall,
+        broker_pid: args.broker_pid,
+        rate: args.rate,
+        publishers: args.publishers,
+        subscribers: args.subscribers,
+        cohorts: args.cohorts,
+        cohort_size: args.cohort_size,
+        slow_readers: args.slow_readers,
+        floods: args.floods,
+        storm_size: args.storm_size,
+        storm_every: args.storm_every,
+        bad_every: args.bad_every,
+    };
+    let outcome = runtime.block_on(soak::run(&target, &options));
+    // Tasks stuck on a dead broker must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
+        Ok(outcome) => {
+            print!("{}", outcome.report);
+            if outcome.failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(error) => {
+            eprintln!("postbox-bench soak: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A value on a cache line of its own, so counters of different tasks do not share one.
