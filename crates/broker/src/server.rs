@@ -650,7 +650,10 @@ mod tests {
         assert!(!socket.keepalive().unwrap());
         set_keepalive(&accepted, Duration::from_secs(42));
         assert!(socket.keepalive().unwrap());
-        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(42)
+        );
         assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
         assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
     }
@@ -713,4 +716,3 @@ mod tests {
         );
     }
 }
-

@@ -923,7 +923,10 @@ mod tests {
         );
         for bad in ["0.5", "100.5", "1e300", "inf", "NaN"] {
             let error = load_with(&["--heartbeat-grace", bad], &[]).unwrap_err();
-            assert!(error.to_string().contains("heartbeat-grace"), "{bad}: {error}");
+            assert!(
+                error.to_string().contains("heartbeat-grace"),
+                "{bad}: {error}"
+            );
         }
     }
 
