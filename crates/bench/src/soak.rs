@@ -320,6 +320,10 @@ pub async fn run(target: &Target, options: &Options) -> io::Result<Outcome> {
     // Stop the load; every task ends at its next await, a few may need their timeouts.
     load_stop.cancel();
     let mut load = load;
+    if probe.gone.is_cancelled() {
+        // Tasks waiting on a broker that is gone would only run into their timeouts.
+        load.abort_all();
+    }
     let join_deadline = Instant::now() + Duration::from_secs(15);
     while !load.is_empty() {
         match tokio::time::timeout_at(join_deadline, load.join_next()).await {
