@@ -12,6 +12,9 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod memory;
 pub mod metrics;

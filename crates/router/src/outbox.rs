@@ -265,6 +265,12 @@ impl Outbox {
         !self.is_closed() && !self.shared.receiver_gone.load(Ordering::Acquire)
     }
 
+    /// Whether the writer is gone (its receiver dropped): nothing pushed before can still
+    /// reach the peer.
+    pub fn writer_gone(&self) -> bool {
+        self.shared.receiver_gone.load(Ordering::Acquire)
+    }
+
     /// Whether [`Outbox::close`] was called.
     pub fn is_closed(&self) -> bool {
         // Not `CancellationToken::is_cancelled`, which takes a lock: this runs once per

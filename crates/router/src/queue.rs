@@ -533,7 +533,11 @@ impl Queue {
         if state.cursor > index {
             state.cursor -= 1;
         }
-        let unwritten = consumer.ack == AckMode::Auto;
+        // An auto-ack delivery the writer did not settle never reached the peer only once
+        // the writer is gone (it settles what it wrote in full before it ends). While it
+        // runs (an UNSUBSCRIBE), what is queued or half written may still go out, so it
+        // counts as delivered and comes back marked redelivered.
+        let unwritten = consumer.ack == AckMode::Auto && consumer.outbox.writer_gone();
         let mut dead = Vec::new();
         let mut expired = Vec::new();
         let unacked = consumer.unacked.into_values();
@@ -1188,9 +1192,27 @@ mod tests {
         assert!(rx.try_recv().is_none(), "prefetch 1 holds the second back");
         delivery.settle.take().unwrap().written();
         assert!(matches!(rx.try_recv(), Some(Notification::Deliver(_))));
-        // The second was never written: back in the queue, not marked redelivered.
+        // The second was never written and the writer is gone: back in the queue, not
+        // marked redelivered.
+        drop(rx);
         queue.remove_consumer(1);
         let mut b = consumer(&queue, 2, AckMode::Auto, 1);
         assert!(!b.received()[0].2);
+    }
+
+    #[test]
+    fn auto_deliveries_a_live_writer_holds_come_back_redelivered() {
+        let queue = queue(QueueSettings::default());
+        let (outbox, mut rx) = outbox(1 << 30);
+        queue.add_consumer(1, outbox, "sub".into(), AckMode::Auto, 1);
+        offer(&queue, "1");
+        // Unsubscribed while the writer holds the delivery: it may still be written, so
+        // the next consumer must be told it may have seen it.
+        let Some(Notification::Deliver(_held)) = rx.try_recv() else {
+            panic!("no delivery")
+        };
+        queue.remove_consumer(1);
+        let mut b = consumer(&queue, 2, AckMode::Auto, 1);
+        assert!(b.received()[0].2, "redelivered");
     }
 }

@@ -314,3 +314,58 @@ async fn the_memory_alarm_pauses_publishers_while_consumers_drain() {
     let receipt = publisher.frame().await.unwrap();
     assert_eq!(receipt.get("receipt-id"), Some("held"));
 }
+
+/// An auto-ack consumer whose last write broke off midway: what reached it in full was
+/// delivered and counts as acknowledged; only the rest goes back to the queue, and a
+/// message that comes back again carries `redelivered`. Found by the session fuzzer.
+#[tokio::test(start_paused = true)]
+async fn an_auto_ack_delivery_written_in_full_is_not_handed_back_when_a_later_write_fails() {
+    let broker = Broker::new(Config::defaults());
+    let (mut producer, _p) = broker.connected(64 * 1024).await;
+    producer.send("SEND\ndestination:/queue/w\n\nsmall\0").await;
+    let big = format!("SEND\ndestination:/queue/w\n\n{}\0", "x".repeat(4096));
+    producer.send(&big).await;
+    producer
+        .send("SEND\ndestination:/queue/w\nreceipt:sent\n\n\0")
+        .await;
+    assert_eq!(producer.frame().await.unwrap().command, Command::Receipt);
+    // Both messages go out in one write, larger than the pipe: the first arrives whole.
+    let (mut consumer, session) = broker.connected(1024).await;
+    consumer
+        .send("SUBSCRIBE\nid:s\ndestination:/queue/w\n\n\0")
+        .await;
+    let first = consumer.message().await;
+    assert_eq!(&first.body[..], b"small");
+    // The client vanishes with the rest unread: the writer's write fails.
+    drop(consumer);
+    tokio::time::timeout(Duration::from_secs(30), session)
+        .await
+        .expect("the session ends")
+        .unwrap();
+    let queue = broker
+        .state()
+        .vhosts
+        .select(Some("/"))
+        .unwrap()
+        .queue("/queue/w")
+        .expect("the queue");
+    assert_eq!(
+        queue.depth(),
+        (2, 0),
+        "the big message and the empty one are back"
+    );
+    let (mut next, _n) = broker.connected(64 * 1024).await;
+    next.send("SUBSCRIBE\nid:s\ndestination:/queue/w\n\n\0")
+        .await;
+    let again = next.message().await;
+    assert_eq!(
+        again.body.len(),
+        4096,
+        "the small message was not handed back"
+    );
+    assert_eq!(
+        again.get("redelivered"),
+        None,
+        "it never reached a client whole"
+    );
+}

@@ -47,6 +47,11 @@ pub struct Writer<W> {
     buf: BytesMut,
     /// Auto-acknowledged queue deliveries in the buffer, settled once written.
     settles: Vec<Settle>,
+    /// Where each of `settles` ends in the stream: a delivery counts as written only
+    /// once every byte of it is, even when a write breaks off midway.
+    settle_ends: Vec<u64>,
+    /// Bytes written to `io` so far (`buf` holds the ones after them).
+    written: u64,
     traffic: Arc<Traffic>,
 }
 
@@ -69,6 +74,8 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             heart_beat,
             buf: BytesMut::new(),
             settles: Vec::new(),
+            settle_ends: Vec::new(),
+            written: 0,
             traffic,
         }
     }
@@ -119,6 +126,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                         self.put_delivery(&delivery);
                         if let Some(settle) = delivery.settle.take() {
                             self.settles.push(settle);
+                            self.settle_ends.push(self.written + self.buf.len() as u64);
                         }
                     }
                     Notification::Frame(frame) => {
@@ -131,6 +139,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 }
             }
             let bytes = self.buf.len() as u64;
+            let end = self.written + bytes;
             let written = if close {
                 // Boxed, as is `kill`: once per connection, and their timers would
                 // otherwise be part of every idle session's task.
@@ -138,12 +147,21 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             } else {
                 tokio::select! {
                     biased;
-                    _ = &mut aborted => return WriterEnd::Aborted,
-                    _ = &mut killed => return Box::pin(self.kill()).await,
+                    _ = &mut aborted => {
+                        self.settle_written(end);
+                        return WriterEnd::Aborted;
+                    }
+                    _ = &mut killed => {
+                        self.settle_written(end);
+                        return Box::pin(self.kill()).await;
+                    }
                     result = write_out(&mut self.io, &mut self.buf) => result,
                 }
             };
             self.rx.release(cost);
+            // Also after a failed write: what reached the peer was delivered, and must
+            // not come back as if it never had.
+            self.settle_written(end);
             if let Err(error) = written {
                 return WriterEnd::Io(error);
             }
@@ -151,7 +169,6 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             self.traffic
                 .messages_out
                 .fetch_add(messages, Ordering::Relaxed);
-            Settle::written_all(&mut self.settles);
             if close {
                 return WriterEnd::Closed;
             }
@@ -162,6 +179,23 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 batch = VecDeque::new();
             }
             next_beat = self.heart_beat.map(|every| Instant::now() + every);
+        }
+    }
+
+    /// Settles the auto-acknowledged deliveries written in full, given that the stream
+    /// ended at `end` before the last write (which may have stopped midway, leaving the
+    /// rest in `buf`). The others stay unsettled: their subscription hands them back.
+    fn settle_written(&mut self, end: u64) {
+        self.written = end - self.buf.len() as u64;
+        let written = self.written;
+        let done = self.settle_ends.partition_point(|&at| at <= written);
+        if done == self.settles.len() {
+            self.settle_ends.clear();
+            Settle::written_all(&mut self.settles);
+        } else if done > 0 {
+            self.settle_ends.drain(..done);
+            let mut settled: Vec<Settle> = self.settles.drain(..done).collect();
+            Settle::written_all(&mut settled);
         }
     }
 
@@ -211,7 +245,9 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             self.rx.release(notification.cost());
         }
         encode::encode_frame(&error, self.version, &mut self.buf);
+        let end = self.written + self.buf.len() as u64;
         let _ = self.finish().await;
+        self.settle_written(end);
         WriterEnd::Killed
     }
 }
