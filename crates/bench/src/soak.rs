@@ -79,6 +79,11 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const FLOOD_LIMIT: Duration = Duration::from_secs(40);
 /// How long a slow reader reads slowly before it checks whether the broker cut it off.
 const SLOW_PHASE: Duration = Duration::from_secs(15);
+/// Time the broker has to answer a bad input with ERROR and close; longer than its
+/// default CONNECT timeout (10 s), which is what answers some inputs before CONNECT.
+const BAD_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bad-input connections waiting for their answer at once, at most.
+const BAD_IN_FLIGHT: usize = 64;
 /// Anomalies kept word for word; the rest are only counted.
 const ANOMALIES_KEPT: usize = 40;
 
@@ -99,10 +104,11 @@ const EXITS: [Exit; 4] = [Exit::Reset, Exit::Fin, Exit::Disconnect, Exit::StopRe
 const ACK_MODES: [&str; 3] = ["auto", "client", "client-individual"];
 
 /// Bad input, one kind per connection.
-const BAD_KINDS: [&str; 12] = [
+const BAD_KINDS: [&str; 13] = [
     "nul-in-header-value",
     "nul-in-header-name",
     "garbage",
+    "garbage-without-line-end",
     "garbage-before-connect",
     "huge-content-length",
     "oversize-frame",
@@ -1107,52 +1113,78 @@ async fn bad_frames(
     let mut round = 0usize;
     let mut ticker = tokio::time::interval(every.max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // One connection per tick, each waiting for its answer on its own, so one that is
+    // never answered does not hold the others back; at most BAD_IN_FLIGHT at once.
+    let mut in_flight = JoinSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        while in_flight.try_join_next().is_some() {}
+        if in_flight.len() >= BAD_IN_FLIGHT {
+            continue;
+        }
         let kind = BAD_KINDS[round % BAD_KINDS.len()];
         round += 1;
-        let before_connect = matches!(kind, "garbage-before-connect" | "send-before-connect");
-        let stream = if before_connect {
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.addr)).await {
-                Ok(Ok(stream)) => stream,
-                _ => {
-                    stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
+        let input = bad_input(kind, &void, &mut rng);
+        in_flight.spawn(bad_frame(
+            target.clone(),
+            kind,
+            input,
+            stats.clone(),
+            started,
+            stop.clone(),
+        ));
+    }
+}
+
+/// One connection with one bad input, and what the broker made of it.
+async fn bad_frame(
+    target: Target,
+    kind: &'static str,
+    (head, tail): (Vec<u8>, usize),
+    stats: Arc<Stats>,
+    started: Instant,
+    stop: CancellationToken,
+) {
+    let before_connect = matches!(kind, "garbage-before-connect" | "send-before-connect");
+    let stream = if before_connect {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.addr)).await {
+            Ok(Ok(stream)) => stream,
+            _ => {
+                stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                return;
             }
-        } else {
-            match raw_connect(&target, None, &stats).await {
-                Ok(stream) => stream,
-                Err(_) => continue,
-            }
-        };
-        stats.bad_sent.fetch_add(1, Ordering::Relaxed);
-        let (head, tail) = bad_input(kind, &void, &mut rng);
-        let outcome = tokio::select! {
-            _ = stop.cancelled() => return,
-            outcome = send_bad(stream, head, tail) => outcome,
-        };
-        match outcome {
-            BadOutcome::Answered => {
-                stats.bad_answered.fetch_add(1, Ordering::Relaxed);
-            }
-            BadOutcome::ClosedSilently(how) => {
-                stats.bad_closed_silently.fetch_add(1, Ordering::Relaxed);
-                stats.anomaly(started, format!("bad input {kind}: {how} without an ERROR"));
-            }
-            BadOutcome::LeftOpen(seen) => {
-                stats.bad_left_open.fetch_add(1, Ordering::Relaxed);
-                stats.anomaly(
-                    started,
-                    format!(
-                        "bad input {kind}: connection still open {} s later ({seen})",
-                        (CLOSE_TIMEOUT * 2).as_secs()
-                    ),
-                );
-            }
+        }
+    } else {
+        match raw_connect(&target, None, &stats).await {
+            Ok(stream) => stream,
+            Err(_) => return,
+        }
+    };
+    stats.bad_sent.fetch_add(1, Ordering::Relaxed);
+    let outcome = tokio::select! {
+        _ = stop.cancelled() => return,
+        outcome = send_bad(stream, head, tail) => outcome,
+    };
+    match outcome {
+        BadOutcome::Answered => {
+            stats.bad_answered.fetch_add(1, Ordering::Relaxed);
+        }
+        BadOutcome::ClosedSilently(how) => {
+            stats.bad_closed_silently.fetch_add(1, Ordering::Relaxed);
+            stats.anomaly(started, format!("bad input {kind}: {how} without an ERROR"));
+        }
+        BadOutcome::LeftOpen(seen) => {
+            stats.bad_left_open.fetch_add(1, Ordering::Relaxed);
+            stats.anomaly(
+                started,
+                format!(
+                    "bad input {kind}: connection still open {} s later ({seen})",
+                    BAD_TIMEOUT.as_secs()
+                ),
+            );
         }
     }
 }
@@ -1167,8 +1199,20 @@ fn bad_input(kind: &str, void: &str, rng: &mut Rng) -> (Vec<u8>, usize) {
         "nul-in-header-name" => frame(format!("SEND\ndestination:{void}\nx\0y:1\n\nbody\0")),
         "garbage" | "garbage-before-connect" => {
             let mut bytes: Vec<u8> = (0..1024).map(|_| rng.next() as u8).collect();
-            // Bytes that open no valid command, whatever follows.
+            // Bytes that open no valid command, and a line end soon, so the command
+            // line is complete and wrong.
             bytes[0] = 0xff;
+            bytes[64] = b'\n';
+            (bytes, 0)
+        }
+        // A command line that can never become a command, and no line end yet.
+        "garbage-without-line-end" => {
+            let bytes: Vec<u8> = (0..1024)
+                .map(|_| match rng.next() as u8 {
+                    b'\n' | b'\r' | 0 => 0xff,
+                    b => b,
+                })
+                .collect();
             (bytes, 0)
         }
         "huge-content-length" => frame(format!(
@@ -1229,7 +1273,7 @@ async fn send_bad(stream: TcpStream, head: Vec<u8>, tail: usize) -> BadOutcome {
     // Only the start of what comes back matters: is there an ERROR?
     let mut seen = Vec::new();
     let mut buffer = vec![0u8; 16 * 1024];
-    let result = tokio::time::timeout(CLOSE_TIMEOUT * 2, async {
+    let result = tokio::time::timeout(BAD_TIMEOUT, async {
         loop {
             match read.read(&mut buffer).await {
                 Ok(0) => return Ok(()),
