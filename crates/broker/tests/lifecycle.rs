@@ -113,7 +113,7 @@ async fn options_come_from_file_env_and_flags() {
             .await
             .get("message")
             .unwrap()
-            .contains("more than 3 headers")
+            .contains("too many headers: more than 3 (max-headers)")
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
