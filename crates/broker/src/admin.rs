@@ -180,6 +180,7 @@ fn cluster(state: &BrokerState) -> Value {
                 "received": stats.received.load(Relaxed),
                 "errors": stats.errors.load(Relaxed),
                 "reconnects": stats.reconnects.load(Relaxed),
+                "control_dropped": stats.control_dropped.load(Relaxed),
             })
         }
     }

@@ -405,6 +405,12 @@ impl Metrics {
                 "Reconnections to Redis",
                 stats.reconnects.load(Ordering::Relaxed),
             );
+            counter(
+                &mut registry,
+                "cluster_control_dropped",
+                "Interest changes and queue acknowledgements dropped because the control queue was full",
+                stats.control_dropped.load(Ordering::Relaxed),
+            );
         }
 
         // The TLS certificate.

@@ -115,9 +115,19 @@ pub struct ClusterStats {
     pub errors: AtomicU64,
     /// Times the connection to Redis was re-established.
     pub reconnects: AtomicU64,
+    /// Control work (interest announcements, acknowledgements and releases of queue
+    /// entries) dropped because the control queue was full; see [`CONTROL_CAPACITY`].
+    pub control_dropped: AtomicU64,
     /// Whether Redis is reachable now.
     pub connected: AtomicBool,
 }
+
+/// Most control items waiting for the control task. Beyond it new items are dropped and
+/// counted instead of growing memory without bound while Redis is slow or away: a lost
+/// interest change is repaired by the next heartbeat (within a second), a lost
+/// acknowledgement or release leaves the entry pending in Redis, so it is claimed and
+/// redelivered (with `redelivered:true`) after the claim time.
+pub const CONTROL_CAPACITY: usize = 65_536;
 
 /// Work for the publishing task.
 #[derive(Debug)]
@@ -155,7 +165,7 @@ struct Inner {
     /// This node's subscription counts, by (vhost, destination).
     local: Mutex<HashMap<(String, String), usize>>,
     outgoing: mpsc::Sender<Outgoing>,
-    control: mpsc::UnboundedSender<Control>,
+    control: mpsc::Sender<Control>,
     fetchers: Mutex<HashMap<(String, String), store::Fetcher>>,
     /// Stream keys whose consumer group is known to exist.
     groups: Mutex<HashSet<String>>,
@@ -227,12 +237,38 @@ impl Inner {
             .cloned()
     }
 
+    /// Hands `item` to the control task, or drops and counts it when the control queue
+    /// is full (see [`CONTROL_CAPACITY`]).
+    fn control(&self, item: Control) {
+        if !offer(&self.control, item, &self.stats.control_dropped) {
+            let n = self.stats.control_dropped.load(Ordering::Relaxed);
+            if n % 1000 == 1 {
+                warn!(
+                    dropped = n,
+                    "cluster: control work dropped because Redis is far behind"
+                );
+            }
+        }
+    }
+
     /// Counts and logs a failed Redis operation.
     fn failed(&self, what: &str, error: &Error) {
         let n = self.stats.errors.fetch_add(1, Ordering::Relaxed);
         // Outages produce one failure per operation; log the first and then every 1000th.
         if n % 1000 == 0 {
             warn!(errors = n + 1, "cluster: {what} failed: {error}");
+        }
+    }
+}
+
+/// Queues `item` without waiting; false (and `dropped` counted) when the queue is full.
+/// A closed queue (the relay stopped) is not counted: nothing is waiting for the work.
+fn offer(queue: &mpsc::Sender<Control>, item: Control, dropped: &AtomicU64) -> bool {
+    match queue.try_send(item) {
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            false
         }
     }
 }
@@ -290,7 +326,7 @@ impl ClusterRelay {
         subscriber.init().await.map_err(unreachable)?;
 
         let (outgoing, outgoing_rx) = mpsc::channel(relay::MAX_PENDING);
-        let (control, control_rx) = mpsc::unbounded_channel();
+        let (control, control_rx) = mpsc::channel(CONTROL_CAPACITY);
         let inner = Arc::new(Inner {
             config,
             client,
@@ -441,5 +477,26 @@ mod tests {
     fn interest_fields_split_back() {
         let field = interest_field("/", "/topic/chat.*");
         assert_eq!(split_field(&field), Some(("/", "/topic/chat.*")));
+    }
+
+    #[test]
+    fn a_full_control_queue_drops_and_counts_instead_of_growing() {
+        let (queue, mut receiver) = mpsc::channel(2);
+        let dropped = AtomicU64::new(0);
+        let settle = || Control::Settle {
+            key: "k".into(),
+            ids: vec![Arc::from("1-0")],
+        };
+        assert!(offer(&queue, settle(), &dropped));
+        assert!(offer(&queue, settle(), &dropped));
+        assert!(!offer(&queue, settle(), &dropped));
+        assert_eq!(dropped.load(Ordering::Relaxed), 1);
+        // Room again once the control task has taken an item.
+        assert!(receiver.try_recv().is_ok());
+        assert!(offer(&queue, settle(), &dropped));
+        // A stopped relay is not a drop.
+        drop(receiver);
+        assert!(offer(&queue, settle(), &dropped));
+        assert_eq!(dropped.load(Ordering::Relaxed), 1);
     }
 }

@@ -79,7 +79,7 @@ impl Relay for ClusterRelay {
                 local.insert(key, count);
             }
         }
-        let _ = self.inner.control.send(Control::Interest {
+        self.inner.control(Control::Interest {
             vhost: vhost.to_owned(),
             destination: destination.to_owned(),
             count,
@@ -206,7 +206,7 @@ pub(crate) async fn publisher(inner: Arc<Inner>, mut outgoing: mpsc::Receiver<Ou
 }
 
 /// Does control work in order: interest announcements and queue bookkeeping.
-pub(crate) async fn controller(inner: Arc<Inner>, mut control: mpsc::UnboundedReceiver<Control>) {
+pub(crate) async fn controller(inner: Arc<Inner>, mut control: mpsc::Receiver<Control>) {
     let mut batch = Vec::with_capacity(256);
     loop {
         let n = tokio::select! {

@@ -88,14 +88,14 @@ impl QueueStore for ClusterRelay {
     }
 
     fn settle(&self, vhost: &str, queue: &Destination, receipts: Vec<StoreReceipt>) {
-        let _ = self.inner.control.send(Control::Settle {
+        self.inner.control(Control::Settle {
             key: self.inner.stream_key(vhost, queue.as_str()),
             ids: receipts.into_iter().map(|r| r.0).collect(),
         });
     }
 
     fn release(&self, vhost: &str, queue: &Destination, receipts: Vec<StoreReceipt>) {
-        let _ = self.inner.control.send(Control::Release {
+        self.inner.control(Control::Release {
             vhost: vhost.to_owned(),
             queue: queue.as_str().to_owned(),
             key: self.inner.stream_key(vhost, queue.as_str()),
@@ -376,13 +376,13 @@ fn take(inner: &Inner, key: &str, queue: &Arc<Queue>, reply: Value, claimed: boo
         }
     }
     if !expired.is_empty() {
-        let _ = inner.control.send(Control::Settle {
+        inner.control(Control::Settle {
             key: key.to_owned(),
             ids: expired,
         });
     }
     if !refused.is_empty() {
-        let _ = inner.control.send(Control::Release {
+        inner.control(Control::Release {
             vhost: String::new(),
             queue: String::new(),
             key: key.to_owned(),
