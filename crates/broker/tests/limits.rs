@@ -431,3 +431,31 @@ async fn huge_heart_beat_values_are_capped() {
         client.disconnect().await;
     }
 }
+
+#[tokio::test]
+async fn queues_per_virtual_host_are_limited() {
+    let broker = common::start(&["--max-queues", "3"]);
+    let mut client = Client::connect(broker.addr, &[]).await;
+    for i in 0..3 {
+        let queue = format!("/queue/q{i}");
+        client.publish(&queue, "kept").await;
+    }
+    let frame = Frame::new(Command::Send)
+        .header("destination", "/queue/q3")
+        .header("receipt", "fourth");
+    client.send(&frame).await;
+    let error = client.expect_error().await;
+    let message = error.get("message").unwrap();
+    assert!(
+        message.contains("at most 3") && message.contains("max-queues"),
+        "{message}"
+    );
+    assert_eq!(error.get("receipt-id"), Some("fourth"));
+    client.expect_closed().await;
+
+    // Queues that exist keep working for everyone else.
+    let mut other = Client::connect(broker.addr, &[]).await;
+    other.subscribe("s", "/queue/q0", &[]).await;
+    let message = other.expect(Command::Message).await;
+    assert_eq!(message.body, b"kept"[..]);
+}

@@ -17,6 +17,9 @@ pub enum RouteError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// Creating the queue would pass the virtual host's queue count limit.
+    #[error("too many queues: at most {0} per virtual host (max-queues)")]
+    TooManyQueues(usize),
     /// The queue is full and its policy is to refuse.
     #[error("queue '{0}' is full")]
     QueueFull(String),

@@ -60,6 +60,8 @@ pub struct RouterConfig {
     pub dead_letter_suffix: String,
     /// Unacknowledged messages per subscription when SUBSCRIBE has no `prefetch-count`.
     pub default_prefetch: usize,
+    /// Most queues this router holds at once; creating one more is refused.
+    pub max_queues: usize,
 }
 
 impl Default for RouterConfig {
@@ -70,6 +72,7 @@ impl Default for RouterConfig {
             queue: QueueSettings::default(),
             dead_letter_suffix: ".dlq".into(),
             default_prefetch: 1000,
+            max_queues: 100_000,
         }
     }
 }
@@ -211,7 +214,7 @@ impl Router {
         match destination.kind() {
             Kind::Topic => Ok(self.subscribe_topic(destination, subscriber)),
             Kind::Queue => {
-                let queue = self.queue_for(destination, subscriber.queue_ttl);
+                let queue = self.queue_for(destination, subscriber.queue_ttl)?;
                 Ok(self.consume(queue, subscriber, Cleanup::Shared))
             }
             Kind::TempQueue | Kind::ReplyQueue => {
@@ -381,8 +384,11 @@ impl Router {
             ..self.shared.config.queue.clone()
         };
         let queue = Queue::counted(reply_to.clone(), settings, self.shared.queue_totals.clone());
-        self.lock_queues()
-            .insert(reply_to.shared().clone(), queue.clone());
+        {
+            let mut queues = self.lock_queues();
+            self.check_queue_count(&queues)?;
+            queues.insert(reply_to.shared().clone(), queue.clone());
+        }
         Ok(TempQueue {
             router: self.clone(),
             reply_to,
@@ -390,11 +396,48 @@ impl Router {
         })
     }
 
-    /// The queue for `destination`, created on first use.
-    fn queue_for(&self, destination: &Destination, ttl: Option<Duration>) -> Arc<Queue> {
+    /// The queue for `destination`, created on first use unless this router already
+    /// holds `max-queues` queues.
+    fn queue_for(
+        &self,
+        destination: &Destination,
+        ttl: Option<Duration>,
+    ) -> Result<Arc<Queue>, RouteError> {
+        self.find_or_create(destination, ttl, true)
+    }
+
+    /// The queue for `destination`, created on first use whatever the queue count:
+    /// for dead letters and for a queue recreated after its deletion, which must not be
+    /// refused (that would lose accepted messages).
+    fn queue_for_accepted(&self, destination: &Destination) -> Arc<Queue> {
+        self.find_or_create(destination, None, false)
+            .expect("an uncapped lookup cannot be refused")
+    }
+
+    /// Refuses a new queue when the router already holds `max-queues`.
+    fn check_queue_count(
+        &self,
+        queues: &HashMap<ByteString, Arc<Queue>>,
+    ) -> Result<(), RouteError> {
+        let max = self.shared.config.max_queues;
+        if queues.len() >= max {
+            return Err(RouteError::TooManyQueues(max));
+        }
+        Ok(())
+    }
+
+    fn find_or_create(
+        &self,
+        destination: &Destination,
+        ttl: Option<Duration>,
+        capped: bool,
+    ) -> Result<Arc<Queue>, RouteError> {
         let mut queues = self.lock_queues();
         if let Some(queue) = queues.get(destination.shared()) {
-            return queue.clone();
+            return Ok(queue.clone());
+        }
+        if capped {
+            self.check_queue_count(&queues)?;
         }
         let config = &self.shared.config;
         let is_dead_letter_queue = destination.name().ends_with(&config.dead_letter_suffix);
@@ -433,7 +476,7 @@ impl Router {
             ),
         };
         queues.insert(destination.shared().clone(), queue.clone());
-        queue
+        Ok(queue)
     }
 
     /// Forgets a queue that has neither consumers nor messages; it is created again on
@@ -516,7 +559,7 @@ impl Router {
                 }
                 None => {
                     if !cache.holds(message.destination()) {
-                        cache.last = Some(self.queue_for(message.destination(), None));
+                        cache.last = Some(self.queue_for(message.destination(), None)?);
                     }
                     let queue = cache.last.as_ref().expect("just filled");
                     self.enqueue(queue, Queued::new(message.clone(), expires_at, None))
@@ -577,7 +620,7 @@ impl Router {
                             Some(queue) => queue,
                             None => return Ok(()),
                         },
-                        _ => self.queue_for(&destination, None),
+                        _ => self.queue_for_accepted(&destination),
                     });
                 }
             }
@@ -687,7 +730,7 @@ impl Router {
             let mut queued = Queued::new(message, None, None);
             // Dead letters are never refused: losing them would lose accepted messages.
             loop {
-                match self.queue_for(&to, None).force(queued) {
+                match self.queue_for_accepted(&to).force(queued) {
                     Ok(()) => break,
                     Err(back) => queued = back,
                 }

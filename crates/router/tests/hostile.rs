@@ -155,3 +155,70 @@ fn consumers_vanishing_under_load_never_freeze_the_queue() {
     };
     assert_eq!(delivered, 4_000, "nothing acknowledged, so nothing is lost");
 }
+
+/// One client sending to a million distinct queue names must not create a million
+/// queues: past `max_queues` new names are refused, existing queues still take
+/// messages, and an idle queue forgotten frees a place.
+#[tokio::test]
+async fn queues_per_router_are_capped_by_count() {
+    let router = Router::new(RouterConfig {
+        max_queues: 3,
+        ..RouterConfig::default()
+    });
+    let send = |name: &str| {
+        let router = router.clone();
+        let name = name.to_owned();
+        async move {
+            let mut cache = QueueCache::default();
+            router
+                .publish(
+                    &mut cache,
+                    destination(&name),
+                    Headers::new(),
+                    Bytes::from_static(b"x"),
+                )
+                .await
+        }
+    };
+    for name in ["/queue/a", "/queue/b", "/queue/c"] {
+        send(name).await.expect("room for three queues");
+    }
+    let refused = send("/queue/d")
+        .await
+        .expect_err("a fourth queue is refused");
+    assert_eq!(refused, postbox_router::RouteError::TooManyQueues(3));
+    assert!(refused.to_string().contains("max-queues"), "{refused}");
+    send("/queue/a")
+        .await
+        .expect("an existing queue still takes messages");
+    let (spare, _rx) = outbox(1 << 20);
+    let refused = router
+        .subscribe(
+            &destination("/queue/e"),
+            subscriber(spare, "s", AckMode::Auto),
+        )
+        .err();
+    assert_eq!(refused, Some(postbox_router::RouteError::TooManyQueues(3)));
+    assert!(
+        router.create_temp("t").is_err(),
+        "temporary queues count too"
+    );
+    assert_eq!(router.queues().len(), 3);
+
+    // Draining /queue/b and leaving makes it idle: it is forgotten and frees a place.
+    let (consumer, mut rx) = outbox(1 << 20);
+    let subscription = router
+        .subscribe(
+            &destination("/queue/b"),
+            subscriber(consumer, "s", AckMode::Auto),
+        )
+        .expect("an existing queue can be subscribed");
+    while let Some(Notification::Deliver(delivery)) = rx.try_recv() {
+        if let Some(settle) = delivery.settle {
+            settle.written();
+        }
+    }
+    drop(subscription);
+    assert_eq!(router.queues().len(), 2, "the drained queue is forgotten");
+    send("/queue/d").await.expect("room again");
+}

@@ -97,6 +97,7 @@ pub struct Config {
     pub outbound_stall_ms: u64,
     pub tcp_keepalive_s: u64,
     pub memory_high_watermark: u64,
+    pub max_queues: usize,
     pub queue_max_length: usize,
     pub queue_max_bytes: usize,
     pub queue_overflow: String,
@@ -289,6 +290,7 @@ impl Config {
             ("max-transaction-bytes", self.max_transaction_bytes),
             ("max-staged-bytes", self.max_staged_bytes),
             ("outbound-buffer", self.outbound_buffer),
+            ("max-queues", self.max_queues),
             ("queue-max-length", self.queue_max_length),
             ("queue-max-bytes", self.queue_max_bytes),
             ("default-prefetch", self.default_prefetch),
@@ -475,6 +477,7 @@ impl Config {
             },
             dead_letter_suffix: self.dead_letter_suffix.clone(),
             default_prefetch: self.default_prefetch,
+            max_queues: self.max_queues,
         }
     }
 

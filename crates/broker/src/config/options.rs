@@ -417,6 +417,14 @@ pub const OPTIONS: &[OptionSpec] = &[
          draining. 0: 40% of the machine's memory, or of the cgroup's limit.",
     ),
     opt(
+        "max-queues",
+        Kind::Int,
+        "100000",
+        "Most queues in one virtual host, temporary queues included; a SEND or SUBSCRIBE \
+         that would create one more gets an ERROR. Idle queues (no messages, no \
+         consumers) are forgotten and do not count.",
+    ),
+    opt(
         "queue-max-length",
         Kind::Int,
         "100000",
