@@ -16,6 +16,7 @@ use bytes::Bytes;
 use postbox_stomp::{ByteString, Headers};
 use tokio::time::Instant;
 
+use crate::budget::Budget;
 use crate::outbox::{Delivery, Outbox, PushError};
 use crate::queue::{
     DeadLetter, Offer, Overflow, Queue, QueueSettings, QueueStats, Queued, UnknownAck,
@@ -60,6 +61,8 @@ pub struct RouterConfig {
     pub dead_letter_suffix: String,
     /// Unacknowledged messages per subscription when SUBSCRIBE has no `prefetch-count`.
     pub default_prefetch: usize,
+    /// Bytes held by all queues, shared by the routers of every virtual host.
+    pub budget: Arc<Budget>,
 }
 
 impl Default for RouterConfig {
@@ -70,6 +73,7 @@ impl Default for RouterConfig {
             queue: QueueSettings::default(),
             dead_letter_suffix: ".dlq".into(),
             default_prefetch: 1000,
+            budget: Arc::default(),
         }
     }
 }
@@ -283,6 +287,7 @@ impl Router {
                     destination.clone(),
                     settings,
                     self.shared.queue_totals.clone(),
+                    self.shared.config.budget.clone(),
                 );
                 let prefetch = self.prefetch(&subscriber);
                 queue.add_consumer(
@@ -360,6 +365,11 @@ impl Router {
         &self.shared.queue_totals
     }
 
+    /// The byte budget this router's queues share with every other router's.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.shared.config.budget
+    }
+
     /// This node's id, the prefix of its reply queues.
     pub fn node_id(&self) -> &str {
         &self.shared.config.node_id
@@ -380,7 +390,12 @@ impl Router {
             max_deliveries: 0,
             ..self.shared.config.queue.clone()
         };
-        let queue = Queue::counted(reply_to.clone(), settings, self.shared.queue_totals.clone());
+        let queue = Queue::counted(
+            reply_to.clone(),
+            settings,
+            self.shared.queue_totals.clone(),
+            self.shared.config.budget.clone(),
+        );
         self.lock_queues()
             .insert(reply_to.shared().clone(), queue.clone());
         Ok(TempQueue {
@@ -425,11 +440,13 @@ impl Router {
                 store.clone(),
                 self.vhost(),
                 self.shared.queue_totals.clone(),
+                self.shared.config.budget.clone(),
             ),
             None => Queue::counted(
                 destination.clone(),
                 settings,
                 self.shared.queue_totals.clone(),
+                self.shared.config.budget.clone(),
             ),
         };
         queues.insert(destination.shared().clone(), queue.clone());
@@ -567,7 +584,7 @@ impl Router {
                     queued = back;
                     // Boxed: rare, and its waiter would otherwise be part of every
                     // session's task (see the broker's per-connection memory).
-                    Box::pin(queue.room(queued.message.body().len())).await;
+                    Box::pin(queue.room(queued.size())).await;
                 }
                 Offer::Deleted(back) => {
                     queued = back;

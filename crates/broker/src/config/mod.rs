@@ -99,6 +99,7 @@ pub struct Config {
     pub memory_high_watermark: u64,
     pub queue_max_length: usize,
     pub queue_max_bytes: usize,
+    pub max_queued_bytes: u64,
     pub queue_overflow: String,
     pub queue_ttl_ms: u64,
     pub max_deliveries: u32,
@@ -475,6 +476,7 @@ impl Config {
             },
             dead_letter_suffix: self.dead_letter_suffix.clone(),
             default_prefetch: self.default_prefetch,
+            budget: Default::default(),
         }
     }
 
