@@ -142,6 +142,24 @@ pub fn watermark(configured: u64) -> u64 {
     available.map_or(u64::MAX, |bytes| (bytes as f64 * DEFAULT_SHARE) as u64)
 }
 
+/// The share of the machine's (or the cgroup's) memory that all queues may hold when
+/// `max-queued-bytes` is 0.
+pub const QUEUED_SHARE: f64 = 0.25;
+
+/// The global queue budget for a configured `max-queued-bytes`: the value itself, or for
+/// 0, [`QUEUED_SHARE`] of the memory this process may use. Unlimited where that cannot
+/// be read.
+pub fn queued_bytes_limit(configured: u64) -> usize {
+    if configured > 0 {
+        return usize::try_from(configured).unwrap_or(usize::MAX);
+    }
+    let available = [cgroup_limit(), physical_memory()]
+        .into_iter()
+        .flatten()
+        .min();
+    available.map_or(usize::MAX, |bytes| (bytes as f64 * QUEUED_SHARE) as usize)
+}
+
 /// Resident bytes of this process, `VmRSS` from `/proc/self/status` (Linux only).
 fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

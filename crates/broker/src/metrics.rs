@@ -192,6 +192,22 @@ impl Metrics {
             "The memory alarm's watermark",
             vec![(Vec::new(), memory.limit().min(i64::MAX as u64) as i64)],
         );
+        // The global queue budget (every router shares it).
+        if let Some(router) = state.vhosts.routers().next() {
+            let budget = router.budget();
+            gauge(
+                &mut registry,
+                "queued_bytes",
+                "Bytes of messages held by all queues together",
+                vec![(Vec::new(), budget.used().min(i64::MAX as usize) as i64)],
+            );
+            gauge(
+                &mut registry,
+                "max_queued_bytes",
+                "The limit of bytes held by all queues together (max-queued-bytes)",
+                vec![(Vec::new(), budget.limit().min(i64::MAX as usize) as i64)],
+            );
+        }
         counter(
             &mut registry,
             "memory_alarms",

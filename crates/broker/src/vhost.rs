@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use std::sync::Arc;
 
-use postbox_router::{NoRelay, Relay, Router};
+use postbox_router::{Budget, NoRelay, Relay, Router};
 
 use crate::Config;
 
@@ -29,8 +29,15 @@ impl Vhosts {
     /// Like [`Vhosts::new`], with every router connected to a cluster through `relay`.
     pub fn with_relay(config: &Config, node_id: &str, relay: Arc<dyn Relay>) -> Vhosts {
         let names = &config.vhosts;
-        let router =
-            |vhost: &str| Router::with_relay(config.router_config(vhost, node_id), relay.clone());
+        // One budget for the queues of every host.
+        let budget = Arc::new(Budget::new(crate::memory::queued_bytes_limit(
+            config.max_queued_bytes,
+        )));
+        let router = |vhost: &str| {
+            let mut settings = config.router_config(vhost, node_id);
+            settings.budget = budget.clone();
+            Router::with_relay(settings, relay.clone())
+        };
         if names.is_empty() {
             return Vhosts {
                 by_name: HashMap::new(),

@@ -364,13 +364,10 @@ fn take(inner: &Inner, key: &str, queue: &Arc<Queue>, reply: Value, claimed: boo
                 }
             },
         };
-        let queued = Queued {
-            message,
-            // A claimed entry was delivered before, on the node that died.
-            deliveries: u32::from(claimed),
-            expires_at,
-            receipt: Some(StoreReceipt(id.clone())),
-        };
+        let mut queued = Queued::new(message, expires_at, None);
+        // A claimed entry was delivered before, on the node that died.
+        queued.deliveries = u32::from(claimed);
+        queued.receipt = Some(StoreReceipt(id.clone()));
         if queue.force(queued).is_err() {
             refused.push(id);
         }

@@ -13,8 +13,10 @@
 //!   and dead-lettering.
 //! - [`router`]: [`Router`], which ties them together.
 //! - [`relay`]: the seam to other nodes.
+//! - [`budget`]: the byte budget that all queues share.
 #![deny(missing_docs)]
 
+pub mod budget;
 pub mod destination;
 pub mod error;
 pub mod message;
@@ -25,6 +27,7 @@ pub mod router;
 pub mod topic;
 mod unacked;
 
+pub use budget::{Budget, Charge};
 pub use destination::{Destination, Kind};
 pub use error::RouteError;
 pub use message::Message;

@@ -19,6 +19,7 @@ use postbox_stomp::ByteString;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::budget::{Budget, Charge};
 use crate::outbox::{CloseReason, Delivery, Outbox};
 use crate::relay::{QueueStore, StoreReceipt};
 use crate::unacked::Unacked;
@@ -110,6 +111,8 @@ pub struct Queued {
     pub expires_at: Option<Instant>,
     /// Where it is kept in a cluster's queue store, if it came from one.
     pub receipt: Option<StoreReceipt>,
+    /// Its bytes in the global queue budget, from the moment a queue takes it.
+    charge: Option<Charge>,
 }
 
 impl Queued {
@@ -130,10 +133,12 @@ impl Queued {
             deliveries: 0,
             expires_at,
             receipt: None,
+            charge: None,
         }
     }
 
-    fn size(&self) -> usize {
+    /// The bytes it counts for against the queue's and the global limits.
+    pub(crate) fn size(&self) -> usize {
         self.message.body().len()
     }
 
@@ -280,6 +285,8 @@ pub struct Queue {
     demand: Notify,
     /// Counters shared by every queue of a router, which outlive single queues.
     totals: Option<Arc<QueueStats>>,
+    /// Bytes held by every queue of every virtual host.
+    budget: Arc<Budget>,
     /// Set under the state's lock, so an offer that finds it unset has the queue; read
     /// without the lock by holders asking whether to look the queue up again.
     deleted: AtomicBool,
@@ -288,16 +295,18 @@ pub struct Queue {
 impl Queue {
     /// An empty queue.
     pub fn new(destination: Destination, settings: QueueSettings) -> Arc<Queue> {
-        Queue::build(destination, settings, None, None)
+        Queue::build(destination, settings, None, None, Arc::default())
     }
 
-    /// An empty queue whose counters also add up in `totals`.
+    /// An empty queue whose counters also add up in `totals` and whose messages are
+    /// charged to `budget`.
     pub fn counted(
         destination: Destination,
         settings: QueueSettings,
         totals: Arc<QueueStats>,
+        budget: Arc<Budget>,
     ) -> Arc<Queue> {
-        Queue::build(destination, settings, None, Some(totals))
+        Queue::build(destination, settings, None, Some(totals), budget)
     }
 
     /// An empty node-local buffer of a cluster queue kept in `store`.
@@ -307,12 +316,13 @@ impl Queue {
         store: Arc<dyn QueueStore>,
         vhost: &str,
         totals: Arc<QueueStats>,
+        budget: Arc<Budget>,
     ) -> Arc<Queue> {
         let link = StoreLink {
             store,
             vhost: vhost.to_owned(),
         };
-        Queue::build(destination, settings, Some(link), Some(totals))
+        Queue::build(destination, settings, Some(link), Some(totals), budget)
     }
 
     fn build(
@@ -320,6 +330,7 @@ impl Queue {
         settings: QueueSettings,
         store: Option<StoreLink>,
         totals: Option<Arc<QueueStats>>,
+        budget: Arc<Budget>,
     ) -> Arc<Queue> {
         Arc::new(Queue {
             destination,
@@ -330,6 +341,7 @@ impl Queue {
             store,
             demand: Notify::new(),
             totals,
+            budget,
             deleted: AtomicBool::new(false),
         })
     }
@@ -424,19 +436,21 @@ impl Queue {
     }
 
     /// Offers a message, applying the overflow policy when full.
-    pub fn offer(self: &Arc<Queue>, queued: Queued) -> Offer {
+    pub fn offer(self: &Arc<Queue>, mut queued: Queued) -> Offer {
         let mut state = self.lock();
         if self.is_deleted() {
             return Offer::Deleted(queued);
         }
         let size = queued.size();
-        let full = |state: &State| self.is_full(state, size);
+        let full = |state: &State| self.is_full(state, size) || !self.budget.fits(size);
         if full(&state) {
             match self.settings.overflow {
                 Overflow::Block => return Offer::Full(queued),
                 Overflow::Reject => return Offer::Rejected,
                 Overflow::DropHead => {
-                    while full(&state) {
+                    // Only this queue's own limits: dropping its messages for a budget
+                    // that other queues fill would empty it for nothing.
+                    while self.is_full(&state, size) {
                         let Some(dropped) = state.ready.pop_front() else {
                             break;
                         };
@@ -454,6 +468,12 @@ impl Queue {
                 }
             }
         }
+        // Another queue may have taken the last of the budget since the check above.
+        match self.budget.try_charge(size) {
+            Some(charge) => queued.charge = Some(charge),
+            None if self.settings.overflow == Overflow::Block => return Offer::Full(queued),
+            None => return Offer::Rejected,
+        }
         state.ready_bytes += size;
         state.ready.push_back(queued);
         self.count(|s| &s.enqueued, 1);
@@ -463,10 +483,13 @@ impl Queue {
 
     /// Stores a message whatever the limits (dead letters must not be lost; a cluster's
     /// fetched messages were already counted against the limits by the store).
-    pub fn force(self: &Arc<Queue>, queued: Queued) -> Result<(), Queued> {
+    pub fn force(self: &Arc<Queue>, mut queued: Queued) -> Result<(), Queued> {
         let mut state = self.lock();
         if self.is_deleted() {
             return Err(queued);
+        }
+        if queued.charge.is_none() {
+            queued.charge = Some(self.budget.force_charge(queued.size()));
         }
         state.ready_bytes += queued.size();
         state.ready.push_back(queued);
@@ -478,17 +501,31 @@ impl Queue {
     /// Waits until the queue may have room for a message of `size` body bytes (after an
     /// [`Offer::Full`] for it). Waiting for less would let the offer fail again at once
     /// and its producer spin.
+    /// The global budget counts too: the wait also ends when it has room.
     pub async fn room(&self, size: usize) {
         let notified = self.space.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        {
+        let own_room = {
             let state = self.lock();
-            if self.is_deleted() || !self.is_full(&state, size) {
+            if self.is_deleted() {
                 return;
             }
+            !self.is_full(&state, size)
+        };
+        if own_room {
+            if self.budget.fits(size) {
+                return;
+            }
+            // Room here, none in the budget: the budget's releases are what to wait for
+            // (and a deletion, which the queue's notification tells).
+            tokio::select! {
+                () = notified => {}
+                () = self.budget.room(size) => {}
+            }
+        } else {
+            notified.await;
         }
-        notified.await;
     }
 
     /// Whether a message of `size` body bytes would pass a limit. A single message

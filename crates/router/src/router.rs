@@ -16,6 +16,7 @@ use bytes::Bytes;
 use postbox_stomp::{ByteString, Headers};
 use tokio::time::Instant;
 
+use crate::budget::Budget;
 use crate::outbox::{Delivery, Outbox, PushError};
 use crate::queue::{
     DeadLetter, Offer, Overflow, Queue, QueueSettings, QueueStats, Queued, UnknownAck,
@@ -62,6 +63,8 @@ pub struct RouterConfig {
     pub default_prefetch: usize,
     /// Most queues this router holds at once; creating one more is refused.
     pub max_queues: usize,
+    /// Bytes held by all queues, shared by the routers of every virtual host.
+    pub budget: Arc<Budget>,
 }
 
 impl Default for RouterConfig {
@@ -73,6 +76,7 @@ impl Default for RouterConfig {
             dead_letter_suffix: ".dlq".into(),
             default_prefetch: 1000,
             max_queues: 100_000,
+            budget: Arc::default(),
         }
     }
 }
@@ -286,6 +290,7 @@ impl Router {
                     destination.clone(),
                     settings,
                     self.shared.queue_totals.clone(),
+                    self.shared.config.budget.clone(),
                 );
                 let prefetch = self.prefetch(&subscriber);
                 queue.add_consumer(
@@ -363,6 +368,11 @@ impl Router {
         &self.shared.queue_totals
     }
 
+    /// The byte budget this router's queues share with every other router's.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.shared.config.budget
+    }
+
     /// This node's id, the prefix of its reply queues.
     pub fn node_id(&self) -> &str {
         &self.shared.config.node_id
@@ -383,7 +393,12 @@ impl Router {
             max_deliveries: 0,
             ..self.shared.config.queue.clone()
         };
-        let queue = Queue::counted(reply_to.clone(), settings, self.shared.queue_totals.clone());
+        let queue = Queue::counted(
+            reply_to.clone(),
+            settings,
+            self.shared.queue_totals.clone(),
+            self.shared.config.budget.clone(),
+        );
         {
             let mut queues = self.lock_queues();
             self.check_queue_count(&queues)?;
@@ -468,11 +483,13 @@ impl Router {
                 store.clone(),
                 self.vhost(),
                 self.shared.queue_totals.clone(),
+                self.shared.config.budget.clone(),
             ),
             None => Queue::counted(
                 destination.clone(),
                 settings,
                 self.shared.queue_totals.clone(),
+                self.shared.config.budget.clone(),
             ),
         };
         queues.insert(destination.shared().clone(), queue.clone());
@@ -610,7 +627,7 @@ impl Router {
                     queued = back;
                     // Boxed: rare, and its waiter would otherwise be part of every
                     // session's task (see the broker's per-connection memory).
-                    Box::pin(queue.room(queued.message.body().len())).await;
+                    Box::pin(queue.room(queued.size())).await;
                 }
                 Offer::Deleted(back) => {
                     queued = back;

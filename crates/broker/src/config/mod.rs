@@ -100,6 +100,7 @@ pub struct Config {
     pub max_queues: usize,
     pub queue_max_length: usize,
     pub queue_max_bytes: usize,
+    pub max_queued_bytes: u64,
     pub queue_overflow: String,
     pub queue_ttl_ms: u64,
     pub max_deliveries: u32,
@@ -478,6 +479,7 @@ impl Config {
             dead_letter_suffix: self.dead_letter_suffix.clone(),
             default_prefetch: self.default_prefetch,
             max_queues: self.max_queues,
+            budget: Default::default(),
         }
     }
 

@@ -437,6 +437,15 @@ pub const OPTIONS: &[OptionSpec] = &[
         "Most bytes of ready message bodies in one queue.",
     ),
     opt(
+        "max-queued-bytes",
+        Kind::Int,
+        "0",
+        "Most bytes of messages (headers and bodies, waiting or awaiting acknowledgement) \
+         held by all queues of all virtual hosts together. A SEND that would pass it is \
+         handled as one to a full queue, by `queue-overflow`. 0: a quarter of the \
+         machine's memory, or of the cgroup's limit. Not changed by a reload.",
+    ),
+    opt(
         "queue-overflow",
         Kind::Str,
         r#""block""#,
