@@ -56,7 +56,7 @@ impl Overflow {
 pub struct QueueSettings {
     /// Most ready messages.
     pub max_length: usize,
-    /// Most bytes of ready message bodies.
+    /// Most bytes of ready messages, headers included.
     pub max_bytes: usize,
     /// What happens when a limit is reached.
     pub overflow: Overflow,
@@ -137,9 +137,11 @@ impl Queued {
         }
     }
 
-    /// The bytes it counts for against the queue's and the global limits.
+    /// The bytes it counts for against the queue's and the global limits: its headers
+    /// as well as its body (see [`Message::wire_size`]), so that a message of large
+    /// headers and no body is not free to keep.
     pub(crate) fn size(&self) -> usize {
-        self.message.body().len()
+        self.message.wire_size()
     }
 
     fn expired(&self, now: Instant) -> bool {
@@ -498,7 +500,7 @@ impl Queue {
         Ok(())
     }
 
-    /// Waits until the queue may have room for a message of `size` body bytes (after an
+    /// Waits until the queue may have room for a message of `size` bytes (after an
     /// [`Offer::Full`] for it). Waiting for less would let the offer fail again at once
     /// and its producer spin.
     /// The global budget counts too: the wait also ends when it has room.
@@ -528,7 +530,7 @@ impl Queue {
         }
     }
 
-    /// Whether a message of `size` body bytes would pass a limit. A single message
+    /// Whether a message of `size` bytes would pass a limit. A single message
     /// larger than `max_bytes` still fits in an empty queue.
     fn is_full(&self, state: &State, size: usize) -> bool {
         state.ready.len() >= self.settings.max_length
@@ -1206,13 +1208,39 @@ mod tests {
         let Offer::Full(waiting) = queue.offer(message("abcdef")) else {
             panic!("expected a full queue")
         };
-        // Room for an empty message is there, room for six bytes is not.
-        let size = waiting.message.body().len();
+        // Room for an empty message is there, room for this one is not.
+        let size = waiting.size();
         let wait = tokio::time::timeout(Duration::from_millis(50), queue.room(size));
         assert!(
             wait.await.is_err(),
             "room() must not return while the offer would fail"
         );
+    }
+
+    #[test]
+    fn headers_count_against_the_byte_limit() {
+        let queue = queue(QueueSettings {
+            max_bytes: 64 * 1024,
+            ..QueueSettings::default()
+        });
+        let big_headers = || {
+            let destination = Destination::parse(&"/queue/jobs".into()).unwrap();
+            let mut headers = Headers::new();
+            headers.set("x-padding", "p".repeat(100 * 1024));
+            let message = Message::new("m".into(), destination, headers, Bytes::new());
+            Queued::new(Arc::new(message), None, None)
+        };
+        // The first fits an empty queue whatever its size; the second finds it full
+        // although neither has a body.
+        assert!(matches!(queue.offer(big_headers()), Offer::Accepted));
+        assert!(matches!(queue.offer(big_headers()), Offer::Full(_)));
+        let budget = Arc::new(Budget::new(usize::MAX));
+        let charge = budget.try_charge(big_headers().size());
+        assert!(
+            budget.used() > 100 * 1024,
+            "the global budget counts them too"
+        );
+        drop(charge);
     }
 
     #[test]

@@ -24,6 +24,11 @@ fn router(vhost: &str, budget: &Arc<Budget>, overflow: Overflow) -> Router {
     Router::new(config)
 }
 
+/// A message's body; the budget also counts its headers, id and destination (a few
+/// dozen bytes), so five of them fit in [`BUDGET`] and six do not.
+const BODY: usize = 200_000;
+const BUDGET: usize = 5 * BODY + 1000;
+
 async fn send(router: &Router, name: &str, body: usize) -> Result<(), RouteError> {
     let mut cache = QueueCache::default();
     router
@@ -35,6 +40,13 @@ async fn send(router: &Router, name: &str, body: usize) -> Result<(), RouteError
         )
         .await
         .map(|_| ())
+}
+
+/// A send expected to go through at once: never waits for good.
+async fn send_now(router: &Router, name: &str) -> Result<(), RouteError> {
+    tokio::time::timeout(Duration::from_secs(1), send(router, name, BODY))
+        .await
+        .expect("not held")
 }
 
 /// Takes and acknowledges everything `name` holds.
@@ -64,19 +76,19 @@ async fn drain(router: &Router, name: &str) -> usize {
 
 #[tokio::test(start_paused = true)]
 async fn a_full_budget_holds_the_publisher_until_any_queue_drains() {
-    let budget = Arc::new(Budget::new(1000));
+    let budget = Arc::new(Budget::new(BUDGET));
     let one = router("one", &budget, Overflow::Block);
     let two = router("two", &budget, Overflow::Block);
     for _ in 0..4 {
-        send(&one, "/queue/a", 200).await.expect("room");
+        send_now(&one, "/queue/a").await.expect("room");
     }
-    send(&two, "/queue/b", 200).await.expect("room");
-    assert_eq!(budget.used(), 1000);
+    send_now(&two, "/queue/b").await.expect("room");
+    assert!(budget.used() > 5 * BODY && budget.used() <= BUDGET);
 
     // Both queues are far from their own limits; the budget is what is full.
     let held = tokio::spawn({
         let two = two.clone();
-        async move { send(&two, "/queue/b", 200).await }
+        async move { send(&two, "/queue/b", BODY).await }
     });
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(
@@ -97,17 +109,17 @@ async fn a_full_budget_holds_the_publisher_until_any_queue_drains() {
 
 #[tokio::test]
 async fn a_full_budget_refuses_under_the_reject_policy() {
-    let budget = Arc::new(Budget::new(1000));
+    let budget = Arc::new(Budget::new(BUDGET));
     let one = router("one", &budget, Overflow::Reject);
     let two = router("two", &budget, Overflow::Reject);
     for _ in 0..5 {
-        send(&one, "/queue/a", 200).await.expect("room");
+        send_now(&one, "/queue/a").await.expect("room");
     }
     assert!(matches!(
-        send(&two, "/queue/b", 200).await,
+        send_now(&two, "/queue/b").await,
         Err(RouteError::QueueFull(_))
     ));
     assert_eq!(drain(&one, "/queue/a").await, 5);
     assert_eq!(budget.used(), 0);
-    send(&two, "/queue/b", 200).await.expect("room again");
+    send_now(&two, "/queue/b").await.expect("room again");
 }

@@ -434,7 +434,7 @@ pub const OPTIONS: &[OptionSpec] = &[
         "queue-max-bytes",
         Kind::Int,
         "67108864",
-        "Most bytes of ready message bodies in one queue.",
+        "Most bytes of ready messages in one queue, headers as well as bodies.",
     ),
     opt(
         "max-queued-bytes",
