@@ -135,11 +135,16 @@ pub fn watermark(configured: u64) -> u64 {
     if configured > 0 {
         return configured;
     }
-    let available = [cgroup_limit(), physical_memory()]
+    usable_memory().map_or(u64::MAX, |bytes| (bytes as f64 * DEFAULT_SHARE) as u64)
+}
+
+/// The memory this process may use: the smaller of the cgroup's limit and the
+/// machine's memory, where either can be read.
+fn usable_memory() -> Option<u64> {
+    [cgroup_limit(), physical_memory()]
         .into_iter()
         .flatten()
-        .min();
-    available.map_or(u64::MAX, |bytes| (bytes as f64 * DEFAULT_SHARE) as u64)
+        .min()
 }
 
 /// The share of the machine's (or the cgroup's) memory that all queues may hold when
@@ -153,11 +158,7 @@ pub fn queued_bytes_limit(configured: u64) -> usize {
     if configured > 0 {
         return usize::try_from(configured).unwrap_or(usize::MAX);
     }
-    let available = [cgroup_limit(), physical_memory()]
-        .into_iter()
-        .flatten()
-        .min();
-    available.map_or(usize::MAX, |bytes| (bytes as f64 * QUEUED_SHARE) as usize)
+    usable_memory().map_or(usize::MAX, |bytes| (bytes as f64 * QUEUED_SHARE) as usize)
 }
 
 /// Resident bytes of this process, `VmRSS` from `/proc/self/status` (Linux only).

@@ -51,7 +51,11 @@ impl Budget {
     /// Whether `bytes` more would fit. A single message larger than the whole budget
     /// still fits when nothing else is held, so it is not refused forever.
     pub fn fits(&self, bytes: usize) -> bool {
-        let used = self.used();
+        self.admits(self.used(), bytes)
+    }
+
+    /// Whether `bytes` more fit on top of `used`.
+    fn admits(&self, used: usize, bytes: usize) -> bool {
         used == 0 || used.saturating_add(bytes) <= self.limit
     }
 
@@ -59,7 +63,7 @@ impl Budget {
     pub fn try_charge(self: &Arc<Budget>, bytes: usize) -> Option<Charge> {
         let mut used = self.used.load(Ordering::SeqCst);
         loop {
-            if used != 0 && used.saturating_add(bytes) > self.limit {
+            if !self.admits(used, bytes) {
                 return None;
             }
             match self.used.compare_exchange_weak(
