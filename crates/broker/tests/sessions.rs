@@ -167,3 +167,27 @@ async fn unknown_destination_kinds_are_refused() {
         "{error:?}"
     );
 }
+
+/// Bytes that can never open a command get an ERROR at once, whether or not a line end
+/// or a blank line ever follows: before CONNECT and in a session.
+#[tokio::test]
+async fn a_command_line_that_cannot_be_a_command_is_refused_before_it_ends() {
+    let broker = common::start(&[]);
+    let garbage: &[u8] = b"\xffnot a command and no line end";
+    let unended: &[u8] = b"FROB\nx:y\n";
+    for bytes in [garbage, unended] {
+        let mut client = Client::connect(broker.addr, &[]).await;
+        client.send_raw(bytes).await;
+        let error = client.expect_error().await;
+        let message = error.get("message").unwrap_or_default();
+        assert!(message.contains("unknown command"), "{error:?}");
+        client.expect_closed().await;
+
+        let mut client = Client::open(broker.addr).await;
+        client.send_raw(bytes).await;
+        let error = client.expect_error().await;
+        let message = error.get("message").unwrap_or_default();
+        assert!(message.contains("unknown command"), "{error:?}");
+        client.expect_closed().await;
+    }
+}

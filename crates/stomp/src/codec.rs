@@ -160,6 +160,11 @@ impl StompCodec {
             if content.is_empty() && *lines > 0 {
                 return Ok(Some(newline + 1));
             }
+            // A wrong command is refused as soon as its line ends, not when (if ever)
+            // the head's blank line comes.
+            if *lines == 0 && Command::from_bytes(content).is_none() {
+                return Err(FrameError::unknown_command(content));
+            }
             *lines += 1;
             if *lines - 1 > limits.max_headers {
                 return Err(FrameError::TooManyHeaders {
@@ -173,6 +178,10 @@ impl StompCodec {
             }
             *line_start = newline + 1;
             *scanned = newline + 1;
+        }
+        // Likewise a command line that can no longer become a command, before its end.
+        if *lines == 0 && !Command::could_start(&src[..]) {
+            return Err(FrameError::unknown_command(&src[..]));
         }
         // The trailing CR of a CRLF may be counted here, hence the +1 slack.
         if src.len() - *line_start > limits.max_header_line + 1 {
@@ -583,6 +592,46 @@ mod tests {
         assert!(matches!(
             error_of(b"\rSEND\n\n\0"),
             FrameError::BareCarriageReturn
+        ));
+    }
+
+    #[test]
+    fn a_wrong_command_is_refused_before_the_head_ends() {
+        // Its line ended, and no blank line may ever come.
+        let mut codec = StompCodec::default();
+        let mut src = BytesMut::from(&b"FROB\nx:y\n"[..]);
+        assert!(
+            matches!(codec.decode(&mut src), Err(FrameError::UnknownCommand(c)) if c == "FROB")
+        );
+        // No line end yet, and already no command starts this way.
+        let mut codec = StompCodec::default();
+        let mut src = BytesMut::from(&b"\xffgarbage"[..]);
+        assert!(matches!(
+            codec.decode(&mut src),
+            Err(FrameError::UnknownCommand(_))
+        ));
+        let mut codec = StompCodec::default();
+        let mut src = BytesMut::from(&b"SENDX"[..]);
+        assert!(
+            matches!(codec.decode(&mut src), Err(FrameError::UnknownCommand(c)) if c == "SENDX")
+        );
+        // Prefixes of commands, with or without the CR of a CRLF, wait for more.
+        for partial in [&b"S"[..], b"SUBSCR", b"CONNECTED", b"SEND\r", b"DISCONNECT"] {
+            let mut codec = StompCodec::default();
+            let mut src = BytesMut::from(partial);
+            assert!(codec.decode(&mut src).unwrap().is_none(), "{partial:?}");
+        }
+        // Arriving one byte at a time changes nothing.
+        let mut codec = StompCodec::default();
+        let mut src = BytesMut::new();
+        for &byte in b"SUBSCRIBE\r\nid:1\ndestination:/q\n\n" {
+            src.extend_from_slice(&[byte]);
+            assert!(codec.decode(&mut src).unwrap().is_none());
+        }
+        src.extend_from_slice(b"\0");
+        assert!(matches!(
+            codec.decode(&mut src).unwrap(),
+            Some(Item::Frame(_))
         ));
     }
 

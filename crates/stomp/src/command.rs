@@ -78,6 +78,15 @@ impl Command {
         }
     }
 
+    /// Whether `partial`, a command line without its EOL so far, can still become a
+    /// command (a trailing CR may be the start of a CRLF).
+    pub fn could_start(partial: &[u8]) -> bool {
+        let partial = partial.strip_suffix(b"\r").unwrap_or(partial);
+        Command::ALL
+            .iter()
+            .any(|command| command.as_str().as_bytes().starts_with(partial))
+    }
+
     /// Parses a wire spelling; `None` for anything else, including other letter cases.
     pub fn from_bytes(raw: &[u8]) -> Option<Command> {
         Some(match raw {
