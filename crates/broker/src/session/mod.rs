@@ -253,7 +253,8 @@ where
         read,
         StompCodec::new(Version::V1_2, settings.limits),
         traffic.clone(),
-    );
+    )
+    .with_memory_alarm(context.state.memory.clone());
     // Refuses a connection that never became a session, and counts why.
     macro_rules! refuse {
         ($error:expr, $receipt:expr) => {{

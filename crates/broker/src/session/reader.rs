@@ -14,6 +14,7 @@ use tokio::io::AsyncRead;
 use tokio_util::codec::Decoder;
 use tokio_util::io::poll_read_buf;
 
+use crate::memory::MemoryAlarm;
 use crate::registry::Traffic;
 
 /// The first read buffer of a connection: enough for CONNECT and SUBSCRIBE frames, so
@@ -21,6 +22,11 @@ use crate::registry::Traffic;
 const FIRST_CHUNK: usize = 1024;
 /// The most a read buffer grows by at a time, for a connection that keeps it full.
 const MAX_CHUNK: usize = 64 * 1024;
+/// While the memory alarm is raised, a connection holding more than this of a frame not
+/// yet complete is not read further: many clients each half-sending a large frame would
+/// otherwise hold up to `max-frame-size` apiece. Small frames (ACKs of consumers that
+/// are draining queues) still pass.
+const PARTIAL_WHILE_ALARMED: usize = 64 * 1024;
 
 /// Why no item could be read.
 #[derive(Debug)]
@@ -42,6 +48,7 @@ pub struct FrameReader<R> {
     chunk: usize,
     codec: StompCodec,
     traffic: Arc<Traffic>,
+    memory: Option<Arc<MemoryAlarm>>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -53,7 +60,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             chunk: FIRST_CHUNK,
             codec,
             traffic,
+            memory: None,
         }
+    }
+
+    /// Pauses reading a large partial frame while `memory`'s alarm is raised.
+    pub fn with_memory_alarm(mut self, memory: Arc<MemoryAlarm>) -> FrameReader<R> {
+        self.memory = Some(memory);
+        self
     }
 
     /// The codec, to switch versions after CONNECT.
@@ -77,6 +91,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         loop {
             if let Some(item) = self.buffered()? {
                 return Ok(Some(item));
+            }
+            if let Some(memory) = &self.memory
+                && self.buf.len() > PARTIAL_WHILE_ALARMED
+            {
+                // Not counted as silence: it is the broker that stopped listening.
+                memory.cleared().await;
             }
             let room = self.buf.capacity() - self.buf.len();
             let read = read_some(&mut self.io, &mut self.buf, self.chunk);

@@ -315,6 +315,41 @@ async fn the_memory_alarm_pauses_publishers_while_consumers_drain() {
     assert_eq!(receipt.get("receipt-id"), Some("held"));
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_memory_alarm_stops_reading_a_large_frame_half_sent() {
+    let broker = Broker::new(Config::defaults());
+    let (mut publisher, _p) = broker.connected(16 * 1024).await;
+    let connection = broker.state().registry.all().pop().expect("registered");
+    let alarm = broker.state().memory.clone();
+    alarm.set_limit(1000);
+    alarm.update(2000);
+    // 4 MiB of a frame's body, within max-frame-size, and no end yet.
+    let body = vec![b'x'; 4 << 20];
+    let head = "SEND\ndestination:/queue/big\nreceipt:whole\n\n";
+    let write = async {
+        publisher.io.write_all(head.as_bytes()).await.unwrap();
+        publisher.io.write_all(&body).await.unwrap();
+        publisher.io.write_all(b"\0").await.unwrap();
+    };
+    tokio::pin!(write);
+    let stalled = tokio::time::timeout(Duration::from_secs(30), &mut write).await;
+    assert!(
+        stalled.is_err(),
+        "the whole frame was read during the alarm"
+    );
+    let read = connection
+        .opened
+        .traffic
+        .bytes_in
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(read < 256 * 1024, "{read} bytes read during the alarm");
+
+    alarm.update(100);
+    write.await;
+    let receipt = publisher.frame().await.unwrap();
+    assert_eq!(receipt.get("receipt-id"), Some("whole"), "{receipt:?}");
+}
+
 /// An auto-ack consumer whose last write broke off midway: what reached it in full was
 /// delivered and counts as acknowledged; only the rest goes back to the queue, and a
 /// message that comes back again carries `redelivered`. Found by the session fuzzer.
