@@ -527,6 +527,7 @@ impl World {
         let (read, write) = tokio::io::split(server);
         let peer = Peer {
             addr: "fuzz".into(),
+            ip: None,
             transport: "fuzz",
             query_token: None,
         };

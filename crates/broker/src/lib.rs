@@ -16,6 +16,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod login;
 pub mod memory;
 pub mod metrics;
 pub mod registry;

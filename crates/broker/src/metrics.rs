@@ -31,6 +31,10 @@ pub enum DisconnectReason {
     AuthFailure,
     /// A frame for a destination it may not use.
     AccessRefused,
+    /// Its password check got no turn in time.
+    LoginBusy,
+    /// Its login failed too often from its address lately.
+    LoginThrottled,
     /// The broker shut down.
     Shutdown,
     /// An operator closed it.
@@ -52,6 +56,8 @@ impl DisconnectReason {
             DisconnectReason::ProtocolError => "protocol_error",
             DisconnectReason::AuthFailure => "auth_failure",
             DisconnectReason::AccessRefused => "access_refused",
+            DisconnectReason::LoginBusy => "login_busy",
+            DisconnectReason::LoginThrottled => "login_throttled",
             DisconnectReason::Shutdown => "shutdown",
             DisconnectReason::Admin => "admin",
             DisconnectReason::ConnectionLimit => "connection_limit",

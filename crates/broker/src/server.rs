@@ -505,6 +505,7 @@ impl Shared {
     async fn connection(&self, stream: TcpStream, peer: SocketAddr, transport: Transport) {
         let peer_label = Peer {
             addr: peer.to_string(),
+            ip: Some(peer.ip()),
             transport: transport.name(),
             query_token: None,
         };

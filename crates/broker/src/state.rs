@@ -9,6 +9,7 @@ use postbox_cluster::ClusterRelay;
 
 use crate::auth::AuthHandle;
 use crate::config::{Secret, secret};
+use crate::login::LoginGate;
 use crate::memory::MemoryAlarm;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -39,6 +40,8 @@ pub struct BrokerState {
     pub memory: Arc<MemoryAlarm>,
     /// The token role that grants the admin API.
     pub admin_role: String,
+    /// Admits password checks a few at a time.
+    pub logins: LoginGate,
 }
 
 /// The parts [`BrokerState::new`] needs.
@@ -78,6 +81,7 @@ impl BrokerState {
                 .then(|| parts.admin_token.expose().to_owned()),
             memory: Arc::default(),
             admin_role: parts.admin_role,
+            logins: LoginGate::per_core(),
         })
     }
 

@@ -41,6 +41,15 @@ fn users_file(dir: &Path, users: &[(&str, &str, &[&str])]) -> PathBuf {
 }
 
 async fn login(addr: std::net::SocketAddr, login: &str, passcode: &str) -> (Client, Frame) {
+    login_within(addr, login, passcode, Duration::from_secs(5)).await
+}
+
+async fn login_within(
+    addr: std::net::SocketAddr,
+    login: &str,
+    passcode: &str,
+    wait: Duration,
+) -> (Client, Frame) {
     let mut client = Client::open(addr).await;
     client
         .send(
@@ -50,10 +59,7 @@ async fn login(addr: std::net::SocketAddr, login: &str, passcode: &str) -> (Clie
                 .header("passcode", passcode),
         )
         .await;
-    let reply = client
-        .next_frame(Duration::from_secs(5))
-        .await
-        .expect("a reply");
+    let reply = client.next_frame(wait).await.expect("a reply");
     (client, reply)
 }
 
@@ -285,4 +291,142 @@ async fn tokens_with_absurd_time_claims_get_an_error_frame() {
     client.subscribe("0", "/topic/t", &[]).await;
     client.publish("/topic/t", "still here").await;
     client.expect(Command::Message).await;
+}
+
+/// The broker process's thread count.
+fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+/// What one CONNECT of the wave got back.
+async fn wrong_login(addr: std::net::SocketAddr, login: String) -> String {
+    let mut client = Client::open(addr).await;
+    client
+        .send(
+            &Frame::new(Command::Connect)
+                .header("accept-version", "1.2")
+                .header("login", login)
+                .header("passcode", "wrong"),
+        )
+        .await;
+    match client.next_frame(Duration::from_secs(15)).await {
+        Some(frame) if frame.command == Command::Error => {
+            frame.get("message").unwrap_or_default().to_owned()
+        }
+        other => panic!("a wrong passcode got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_of_wrong_passcodes_neither_takes_every_thread_nor_keeps_users_out() {
+    let dir = temp_dir("postbox-login-wave");
+    let users = users_file(
+        &dir,
+        &[
+            ("alice", "wonderland", &["chat"]),
+            ("bob", "builder", &["chat"]),
+        ],
+    );
+    let broker = common::start(&[
+        "--users-file",
+        users.to_str().unwrap(),
+        "--acl",
+        ACL,
+        // The wave comes from one address; throttling is checked on its own below.
+        "--max-login-failures",
+        "0",
+    ]);
+    let before = threads(broker.pid());
+    let (mut listener, connected) = login(broker.addr, "alice", "wonderland").await;
+    assert_eq!(connected.command, Command::Connected, "{connected:?}");
+    listener.subscribe("s", "/topic/chat.room", &[]).await;
+
+    // 200 wrong passcodes at once, half for a real user, half for unknown ones.
+    let wave: Vec<_> = (0..200)
+        .map(|i| {
+            let login = if i % 2 == 0 {
+                "alice".to_owned()
+            } else {
+                format!("nobody{i}")
+            };
+            tokio::spawn(wrong_login(broker.addr, login))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let during = threads(broker.pid());
+
+    // Bob gets in while the wave is checked, retrying when told the server is busy.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut busy = 0;
+    let mut bob = loop {
+        let (client, reply) =
+            login_within(broker.addr, "bob", "builder", Duration::from_secs(15)).await;
+        if reply.command == Command::Connected {
+            break client;
+        }
+        let message = reply.get("message").unwrap_or_default();
+        assert!(message.starts_with("server busy"), "{reply:?}");
+        busy += 1;
+        assert!(
+            Instant::now() < deadline,
+            "bob was kept out: busy {busy} times"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // A session already open is served meanwhile.
+    bob.publish("/topic/chat.room", "still here").await;
+    let message = listener.expect(Command::Message).await;
+    assert_eq!(&message.body[..], b"still here");
+
+    let mut answers = std::collections::BTreeMap::<String, usize>::new();
+    for attempt in wave {
+        let message = attempt.await.unwrap();
+        let kind = if message.starts_with("server busy") {
+            "busy"
+        } else {
+            assert_eq!(message, "authentication failed");
+            "failed"
+        };
+        *answers.entry(kind.to_owned()).or_default() += 1;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        during <= before + cores + 4,
+        "{before} threads before the wave, {during} during it"
+    );
+    assert!(
+        answers.get("failed").copied().unwrap_or(0) > 0,
+        "{answers:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_login_that_keeps_failing_from_one_address_is_refused_unchecked() {
+    let dir = temp_dir("postbox-login-throttle");
+    let users = users_file(&dir, &[("alice", "wonderland", &[])]);
+    let broker = common::start(&[
+        "--users-file",
+        users.to_str().unwrap(),
+        "--max-login-failures",
+        "3",
+    ]);
+    for _ in 0..3 {
+        let (_, reply) = login(broker.addr, "alice", "wrong").await;
+        assert_eq!(reply.get("message"), Some("authentication failed"));
+    }
+    // Now even the right passcode is not checked, and the ERROR says for how long.
+    let (mut client, reply) = login(broker.addr, "alice", "wonderland").await;
+    let message = reply.get("message").unwrap_or_default();
+    assert!(
+        message.starts_with("too many failed logins")
+            && message.contains("try again in ")
+            && message.contains("(max-login-failures)"),
+        "{reply:?}"
+    );
+    client.expect_closed().await;
 }

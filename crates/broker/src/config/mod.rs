@@ -93,6 +93,8 @@ pub struct Config {
     pub max_transaction_bytes: usize,
     pub max_staged_bytes: usize,
     pub connect_timeout_ms: u64,
+    pub auth_timeout_ms: u64,
+    pub max_login_failures: u32,
     pub outbound_buffer: usize,
     pub outbound_stall_ms: u64,
     pub tcp_keepalive_s: u64,
@@ -325,6 +327,9 @@ impl Config {
         }
         if self.connect_timeout_ms == 0 {
             return invalid("connect-timeout-ms", "must be greater than 0".into());
+        }
+        if self.auth_timeout_ms == 0 {
+            return invalid("auth-timeout-ms", "must be greater than 0".into());
         }
         if Overflow::parse(&self.queue_overflow).is_none() {
             return invalid(
@@ -595,6 +600,8 @@ pub fn reloadable(name: &str) -> bool {
             | "max-transaction-bytes"
             | "max-staged-bytes"
             | "connect-timeout-ms"
+            | "auth-timeout-ms"
+            | "max-login-failures"
             | "outbound-buffer"
             | "outbound-stall-ms"
             | "tcp-keepalive-s"

@@ -387,6 +387,21 @@ pub const OPTIONS: &[OptionSpec] = &[
         "Time a new connection has to send CONNECT.",
     ),
     opt(
+        "auth-timeout-ms",
+        Kind::Int,
+        "5000",
+        "Time a password check may take, waiting for its turn included; password checks \
+         run one per core at a time, and a CONNECT that gets no turn in time is refused \
+         as server busy.",
+    ),
+    opt(
+        "max-login-failures",
+        Kind::Int,
+        "10",
+        "Failed password checks allowed for one login from one address within a minute; \
+         further attempts are refused unchecked until the minute is over (0: no limit).",
+    ),
+    opt(
         "outbound-buffer",
         Kind::Int,
         "8388608",

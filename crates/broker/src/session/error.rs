@@ -138,6 +138,15 @@ pub enum SessionError {
     /// attacker more than a legitimate client.
     #[error("authentication failed")]
     AuthenticationFailed,
+    /// Password checks are backed up: too many wait, or no turn came in time.
+    #[error("server busy: too many logins are being checked; try again shortly (auth-timeout-ms)")]
+    LoginBusy,
+    /// This login failed too often from this address lately.
+    #[error(
+        "too many failed logins for this login from this address; try again in {0} s \
+         (max-login-failures)"
+    )]
+    LoginThrottled(u64),
     /// The session's token expired without a fresh one.
     #[error("access token expired")]
     TokenExpired,
@@ -236,6 +245,8 @@ impl SessionError {
             SessionError::AuthenticationFailed | SessionError::TokenExpired => {
                 DisconnectReason::AuthFailure
             }
+            SessionError::LoginBusy => DisconnectReason::LoginBusy,
+            SessionError::LoginThrottled(_) => DisconnectReason::LoginThrottled,
             SessionError::AccessRefused { .. } => DisconnectReason::AccessRefused,
             _ => DisconnectReason::ProtocolError,
         }

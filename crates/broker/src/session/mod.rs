@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span};
 
 use crate::auth::{self, AuthHandle};
+use crate::login::{Refusal, Who};
 use crate::memory::MemoryAlarm;
 use crate::metrics::DisconnectReason;
 use crate::registry::{Connection, Opening, SubscriptionInfo, Traffic};
@@ -68,6 +69,10 @@ pub struct Settings {
     pub max_staged_bytes: usize,
     /// Time allowed before CONNECT arrives.
     pub connect_timeout: Duration,
+    /// Time a password check may take, its wait for a turn included.
+    pub auth_timeout: Duration,
+    /// Failed password checks per login and address per minute; 0 for no limit.
+    pub max_login_failures: u32,
     /// Outbound buffer bound in bytes (slow consumer limit).
     pub outbound_buffer: usize,
     /// How long a session past its outbound bound may go without the writer making
@@ -108,6 +113,8 @@ impl Settings {
             max_transaction_bytes: config.max_transaction_bytes,
             max_staged_bytes: config.max_staged_bytes,
             connect_timeout: config.connect_timeout(),
+            auth_timeout: Duration::from_millis(config.auth_timeout_ms),
+            max_login_failures: config.max_login_failures,
             outbound_buffer: config.outbound_buffer,
             outbound_stall: Duration::from_millis(config.outbound_stall_ms),
             tcp_keepalive: (config.tcp_keepalive_s > 0)
@@ -143,6 +150,8 @@ pub struct Context {
 pub struct Peer {
     /// The remote address, for logs.
     pub addr: String,
+    /// The remote IP address, which failed logins are counted by; `None` in process.
+    pub ip: Option<std::net::IpAddr>,
     /// The transport's name, for logs.
     pub transport: &'static str,
     /// A token from the WebSocket URL's query string.
@@ -168,8 +177,9 @@ where
 }
 
 /// Checks CONNECT's credentials. Password hashes are slow on purpose, so those are
-/// checked off the async threads and under a deadline; everything else (no auth, tokens,
-/// anonymous) is checked in place, saving a thread hop per connection.
+/// checked off the async threads, through the login gate and under `auth-timeout-ms`;
+/// everything else (no auth, tokens, anonymous) is checked in place, saving a thread hop
+/// per connection.
 async fn authenticate(
     context: &Context,
     connect: &Frame,
@@ -190,6 +200,28 @@ async fn authenticate(
                 SessionError::AuthenticationFailed
             });
     }
+    let settings = context.state.settings();
+    let gate = &context.state.logins;
+    let who = Who {
+        ip: peer.ip,
+        login: credentials.login.unwrap_or_default(),
+    };
+    // One deadline for the wait for a turn and the check itself.
+    let deadline = tokio::time::Instant::now() + settings.auth_timeout;
+    let turn = match gate
+        .enter(&who, settings.max_login_failures, deadline)
+        .await
+    {
+        Ok(turn) => turn,
+        Err(Refusal::Busy) => {
+            info!("login refused: password checks are backed up");
+            return Err(SessionError::LoginBusy);
+        }
+        Err(Refusal::Throttled(seconds)) => {
+            info!("login refused: too many recent failures for this login and address");
+            return Err(SessionError::LoginThrottled(seconds));
+        }
+    };
     let owned = |name| connect.get(name).map(str::to_owned);
     let login = owned(names::LOGIN);
     let passcode = owned(names::PASSCODE);
@@ -198,7 +230,7 @@ async fn authenticate(
         .map(str::to_owned);
     let query_token = peer.query_token.clone();
     let check = move || {
-        authenticator.authenticate(
+        let outcome = authenticator.authenticate(
             &Credentials {
                 login: login.as_deref(),
                 passcode: passcode.as_deref(),
@@ -206,11 +238,14 @@ async fn authenticate(
                 query_token: query_token.as_deref(),
             },
             auth::now(),
-        )
+        );
+        // The turn ends when the hash does, not when the client stops waiting for it,
+        // so no more checks than turns ever run at once.
+        drop(turn);
+        outcome
     };
-    let outcome =
-        tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(check)).await;
-    match outcome {
+    let outcome = tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(check)).await;
+    let outcome = match outcome {
         Ok(Ok(Ok(principal))) => Ok(principal),
         Ok(Ok(Err(error))) => {
             info!(reason = %error, "authentication failed");
@@ -218,9 +253,11 @@ async fn authenticate(
         }
         Ok(Err(_)) | Err(_) => {
             info!("authentication failed: the check did not finish in time");
-            Err(SessionError::AuthenticationFailed)
+            return Err(SessionError::LoginBusy);
         }
-    }
+    };
+    gate.record(&who, outcome.is_ok());
+    outcome
 }
 
 /// A copy of `value` in an allocation of its own, not sharing the read buffer.

@@ -54,6 +54,7 @@ impl Broker {
         let (read, write) = tokio::io::split(server);
         let peer = Peer {
             addr: "pipe".into(),
+            ip: None,
             transport: "test",
             query_token: None,
         };
