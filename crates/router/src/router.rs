@@ -279,12 +279,16 @@ impl Router {
             AckMode::Client | AckMode::ClientIndividual => {
                 // A topic publisher never waits: a subscription that falls a whole queue
                 // behind is cut off as a slow consumer.
+                // Its backlog is the subscriber's own, so it gets the connection's
+                // outbound bound, not a shared queue's.
+                let queue_settings = &self.shared.config.queue;
                 let settings = QueueSettings {
+                    max_bytes: queue_settings.max_bytes.min(subscriber.outbox.limit()),
                     overflow: Overflow::CloseConsumers,
                     max_deliveries: 0,
                     dead_letter: None,
                     ttl: None,
-                    ..self.shared.config.queue.clone()
+                    ..queue_settings.clone()
                 };
                 let queue = Queue::counted(
                     destination.clone(),

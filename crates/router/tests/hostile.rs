@@ -222,3 +222,42 @@ async fn queues_per_router_are_capped_by_count() {
     assert_eq!(router.queues().len(), 2, "the drained queue is forgotten");
     send("/queue/d").await.expect("room again");
 }
+
+/// A `client` topic subscriber that never acknowledges keeps a backlog of its own; it
+/// may grow to its connection's outbound bound, not to a shared queue's 64 MiB, before
+/// the subscriber is cut off as a slow consumer.
+#[tokio::test]
+async fn a_topic_subscriber_that_never_acks_is_held_to_its_outbound_bound() {
+    const OUTBOUND: usize = 64 * 1024;
+    let router = Router::new(RouterConfig::default());
+    let mut cache = QueueCache::default();
+    let (outbox, mut rx) = outbox(OUTBOUND);
+    let closed = outbox.clone();
+    let _subscription = router
+        .subscribe(
+            &destination("/topic/news"),
+            subscriber(outbox, "s", AckMode::Client),
+        )
+        .expect("subscribe");
+    let body = Bytes::from(vec![b'x'; 1024]);
+    let mut sent = 0;
+    while !closed.is_closed() && sent < 4096 {
+        router
+            .publish(
+                &mut cache,
+                destination("/topic/news"),
+                Headers::new(),
+                body.clone(),
+            )
+            .await
+            .expect("a topic publisher is never refused");
+        sent += 1;
+    }
+    assert!(closed.is_closed(), "4 MiB backlog and still subscribed");
+    assert!(sent < 2 * OUTBOUND / 1024, "cut off only after {sent} KiB");
+    let mut delivered = 0;
+    while let Some(notification) = rx.try_recv() {
+        delivered += matches!(notification, Notification::Deliver(_)) as usize;
+    }
+    assert_eq!(delivered, 4, "the prefetch was delivered, the rest held");
+}
