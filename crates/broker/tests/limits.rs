@@ -459,3 +459,62 @@ async fn queues_per_virtual_host_are_limited() {
     let message = other.expect(Command::Message).await;
     assert_eq!(message.body, b"kept"[..]);
 }
+
+/// A publisher waiting on a full queue (`block`) whose host then resets the connection
+/// is let go at once: its session, and its connection slot, do not wait for the queue.
+#[tokio::test]
+async fn a_publisher_held_back_by_a_full_queue_that_vanishes_is_let_go() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = common::start(&[
+        "--max-connections",
+        "1",
+        "--queue-max-length",
+        "1",
+        "--queue-overflow",
+        "block",
+    ]);
+    let mut publisher = postbox_testkit::client::tcp(broker.addr).await;
+    publisher
+        .write_all(
+            b"CONNECT\naccept-version:1.2\nhost:/\n\n\0\
+              SEND\ndestination:/queue/full\n\nfits\0\
+              SEND\ndestination:/queue/full\nreceipt:held\n\nwaits\0",
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while !seen.windows(9).any(|w| w == b"CONNECTED") {
+        let mut chunk = [0; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), publisher.read(&mut chunk))
+            .await
+            .expect("CONNECTED in time")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", seen.escape_ascii().to_string());
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Unread bytes (the queue never drains, so no RECEIPT comes) and a zero linger: the
+    // close is a reset.
+    publisher.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(publisher);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut client = Client::open(broker.addr).await;
+        client
+            .send(&Frame::new(Command::Connect).header("accept-version", "1.2"))
+            .await;
+        let frame = client.next_frame(Duration::from_secs(2)).await;
+        if frame
+            .as_ref()
+            .is_some_and(|f| f.command == Command::Connected)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the vanished publisher still holds the only slot: {frame:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -476,6 +476,8 @@ enum Interrupted {
     WriterGone,
     Killed,
     Shutdown,
+    /// The transport failed: the client is gone.
+    PeerGone(std::io::Error),
 }
 
 /// Polls `future` once in the current task: its output if that settles it, else `None`
@@ -647,11 +649,15 @@ impl Session {
             let receipt = frame.headers.get_shared(names::RECEIPT).cloned();
             // Most frames are handled without waiting: one poll settles them, and only
             // one that has to wait (a full queue, the cluster) races the stop signals.
-            let handled = self.handle_or_stop(frame, shutdown, done).await;
+            let handled = self.handle_or_stop(frame, reader, shutdown, done).await;
             let result = match handled {
                 Ok(result) => result,
                 Err(Interrupted::WriterGone) => return ReaderEnd::WriterGone,
                 Err(Interrupted::Killed) => return ReaderEnd::Killed,
+                Err(Interrupted::PeerGone(error)) => {
+                    done.cancel();
+                    return ReaderEnd::Io(error);
+                }
                 Err(Interrupted::Shutdown) => {
                     return self.fail(SessionError::Closed(CloseReason::Shutdown), None);
                 }
@@ -733,9 +739,12 @@ impl Session {
     }
 
     /// Handles `frame` unless a stop signal comes while it waits.
-    async fn handle_or_stop(
+    /// The transport is watched meanwhile, so a client that vanishes while its frame
+    /// waits (a SEND to a full queue) ends the session instead of holding it.
+    async fn handle_or_stop<R: AsyncRead + Unpin>(
         &mut self,
         frame: Frame,
+        reader: &mut FrameReader<R>,
         shutdown: &CancellationToken,
         done: &CancellationToken,
     ) -> Result<Result<Flow, SessionError>, Interrupted> {
@@ -749,6 +758,7 @@ impl Session {
                 _ = done.cancelled() => Err(Interrupted::WriterGone),
                 _ = outbox.closed() => Err(Interrupted::Killed),
                 _ = shutdown.cancelled() => Err(Interrupted::Shutdown),
+                error = reader.failed() => Err(Interrupted::PeerGone(error)),
                 result = &mut handling => Ok(result),
             },
         }

@@ -27,6 +27,8 @@ const MAX_CHUNK: usize = 64 * 1024;
 /// otherwise hold up to `max-frame-size` apiece. Small frames (ACKs of consumers that
 /// are draining queues) still pass.
 const PARTIAL_WHILE_ALARMED: usize = 64 * 1024;
+/// The most [`FrameReader::failed`] reads ahead while it watches the transport.
+pub const WATCH_LIMIT: usize = 64 * 1024;
 
 /// Why no item could be read.
 #[derive(Debug)]
@@ -115,6 +117,29 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.chunk = (self.chunk * 2).min(MAX_CHUNK);
             }
             self.traffic.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Resolves when the transport fails, as it does once a vanished peer's host resets
+    /// the connection, so a session waiting on something else (a full queue) learns its
+    /// client is gone. What arrives meanwhile is kept for [`next`](Self::next), up to
+    /// [`WATCH_LIMIT`] bytes; past that, and after an orderly close (the client may have
+    /// only half-closed and still read), it never resolves.
+    pub async fn failed(&mut self) -> io::Error {
+        let start = self.buf.len();
+        loop {
+            if self.buf.len() - start >= WATCH_LIMIT {
+                return std::future::pending().await;
+            }
+            match read_some(&mut self.io, &mut self.buf, FIRST_CHUNK).await {
+                Ok(0) => return std::future::pending().await,
+                Ok(n) => {
+                    self.traffic.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(error) => return error,
+            }
         }
     }
 }
