@@ -495,7 +495,7 @@ async fn a_publisher_held_back_by_a_full_queue_that_vanishes_is_let_go() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Unread bytes (the queue never drains, so no RECEIPT comes) and a zero linger: the
     // close is a reset.
-    publisher.set_linger(Some(Duration::ZERO)).unwrap();
+    publisher.set_zero_linger().unwrap();
     drop(publisher);
 
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
