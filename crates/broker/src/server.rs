@@ -304,6 +304,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .clone()
             .watch(Duration::from_millis(MEMORY_SAMPLE_MS), shutdown.clone()),
     );
+    tokio::spawn(purge_expired(state.clone(), shutdown.clone()));
     if let Some(store) = &certs
         && config.tls_reload_ms > 0
     {
@@ -715,5 +716,25 @@ mod tests {
         assert!(
             reload_refusal((&open, true), (&closed, true), &listening("127.0.0.1:1")).is_none()
         );
+    }
+}
+
+/// How often queues are swept for expired messages no consumer took.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+
+/// Frees expired messages in queues nobody consumes from, until shutdown: they would
+/// otherwise hold memory and budget, and keep blocked producers waiting.
+async fn purge_expired(state: Arc<BrokerState>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(EXPIRY_SWEEP);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let purged: usize = state.vhosts.routers().map(|r| r.purge_expired()).sum();
+        if purged > 0 {
+            tracing::debug!(purged, "expired messages freed");
+        }
     }
 }

@@ -357,3 +357,38 @@ async fn a_producer_keeps_reaching_a_queue_that_was_forgotten_and_created_again(
     late.subscribe("0", "/queue/comes-and-goes", &[]).await;
     assert_eq!(text(&late.expect(Command::Message).await), "kept");
 }
+
+/// A queue nobody consumes from frees its expired messages on its own, so a producer
+/// blocked on it goes on once they have expired.
+#[tokio::test]
+async fn expired_messages_make_room_in_a_queue_without_consumers() {
+    let broker = common::start(&[
+        "--queue-max-length",
+        "2",
+        "--queue-overflow",
+        "block",
+        "--queue-ttl-ms",
+        "300",
+    ]);
+    let mut producer = Client::connect(broker.addr, &[]).await;
+    producer.publish("/queue/stale", "1").await;
+    producer.publish("/queue/stale", "2").await;
+    producer
+        .send(
+            &Frame::new(Command::Send)
+                .header("destination", "/queue/stale")
+                .header("receipt", "third")
+                .body("3"),
+        )
+        .await;
+    producer.expect_receipt("third").await;
+    // The third message's time counts from its arrival, so it may have expired too.
+    producer.publish("/queue/stale", "4").await;
+    let mut consumer = Client::connect(broker.addr, &[]).await;
+    consumer.subscribe("0", "/queue/stale", &[]).await;
+    let mut message = consumer.expect(Command::Message).await;
+    if &message.body[..] == b"3" {
+        message = consumer.expect(Command::Message).await;
+    }
+    assert_eq!(&message.body[..], b"4");
+}

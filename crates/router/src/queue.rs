@@ -445,6 +445,11 @@ impl Queue {
         }
         let size = queued.size();
         let full = |state: &State| self.is_full(state, size) || !self.budget.fits(size);
+        // Expired messages at the front make no queue full: a queue nobody consumes
+        // from would otherwise keep them, and its producers blocked, for good.
+        if full(&state) && self.drop_expired_front(&mut state) > 0 {
+            self.space.notify_waiters();
+        }
         if full(&state) {
             match self.settings.overflow {
                 Overflow::Block => return Offer::Full(queued),
@@ -528,6 +533,39 @@ impl Queue {
         } else {
             notified.await;
         }
+    }
+
+    /// Drops the expired messages at the front of the ready list (all of them under a
+    /// queue TTL, whose deadlines come in order), and returns how many.
+    fn drop_expired_front(&self, state: &mut State) -> usize {
+        if !state.ready.front().is_some_and(|q| q.expires_at.is_some()) {
+            return 0;
+        }
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        while state.ready.front().is_some_and(|item| item.expired(now)) {
+            let item = state.ready.pop_front().expect("a front");
+            state.ready_bytes -= item.size();
+            expired.push(item);
+        }
+        let count = expired.len();
+        if count > 0 {
+            self.count(|s| &s.expired, count as u64);
+            self.settle_in_store(expired);
+        }
+        count
+    }
+
+    /// Frees the expired messages at the front of the queue, waking producers that wait
+    /// for room; for queues no consumer drains, which would keep them otherwise.
+    pub fn purge_expired(&self) -> usize {
+        let mut state = self.lock();
+        let count = self.drop_expired_front(&mut state);
+        drop(state);
+        if count > 0 {
+            self.space.notify_waiters();
+        }
+        count
     }
 
     /// Whether a message of `size` bytes would pass a limit. A single message
@@ -1089,6 +1127,41 @@ mod tests {
         let mut a = consumer(&queue, 1, AckMode::Auto, 10);
         assert_eq!(a.bodies(), ["forever"]);
         assert_eq!(queue.stats().expired.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_messages_make_no_queue_full_and_are_purged_without_consumers() {
+        let ttl = Some(Duration::from_millis(100));
+        let queue = queue(QueueSettings {
+            max_length: 2,
+            overflow: Overflow::Block,
+            ttl,
+            ..QueueSettings::default()
+        });
+        let with_ttl = |body| Queued::new(message(body).message, None, ttl);
+        assert!(matches!(queue.offer(with_ttl("a")), Offer::Accepted));
+        assert!(matches!(queue.offer(with_ttl("b")), Offer::Accepted));
+        assert!(matches!(queue.offer(with_ttl("c")), Offer::Full(_)));
+        // A producer waiting for room is woken by the purge, with nobody consuming.
+        let waiting = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.room(1).await })
+        };
+        tokio::time::advance(Duration::from_millis(150)).await;
+        assert_eq!(queue.purge_expired(), 2);
+        assert_eq!(queue.depth().0, 0);
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the producer was woken")
+            .unwrap();
+        // An offer to a queue full of expired messages drops them itself.
+        assert!(matches!(queue.offer(with_ttl("d")), Offer::Accepted));
+        assert!(matches!(queue.offer(with_ttl("e")), Offer::Accepted));
+        tokio::time::advance(Duration::from_millis(150)).await;
+        assert!(matches!(queue.offer(with_ttl("f")), Offer::Accepted));
+        assert_eq!(queue.stats().expired.load(Ordering::Relaxed), 4);
+        let mut a = consumer(&queue, 1, AckMode::Auto, 10);
+        assert_eq!(a.bodies(), ["f"]);
     }
 
     #[test]

@@ -367,6 +367,13 @@ impl Router {
         all
     }
 
+    /// Frees expired messages at the front of every queue (see [`Queue::purge_expired`]);
+    /// returns how many. Run now and then, for queues that no consumer drains.
+    pub fn purge_expired(&self) -> usize {
+        let queues: Vec<Arc<Queue>> = self.lock_queues().values().cloned().collect();
+        queues.iter().map(|queue| queue.purge_expired()).sum()
+    }
+
     /// Counters summed over every queue this router ever had.
     pub fn queue_totals(&self) -> &QueueStats {
         &self.shared.queue_totals
