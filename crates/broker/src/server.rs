@@ -637,6 +637,26 @@ fn set_keepalive(stream: &tokio::net::TcpStream, idle: Duration) {
     }
 }
 
+/// How often queues are swept for expired messages no consumer took.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+
+/// Frees expired messages in queues nobody consumes from, until shutdown: they would
+/// otherwise hold memory and budget, and keep blocked producers waiting.
+async fn purge_expired(state: Arc<BrokerState>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(EXPIRY_SWEEP);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let purged: usize = state.vhosts.routers().map(|r| r.purge_expired()).sum();
+        if purged > 0 {
+            tracing::debug!(purged, "expired messages freed");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -716,25 +736,5 @@ mod tests {
         assert!(
             reload_refusal((&open, true), (&closed, true), &listening("127.0.0.1:1")).is_none()
         );
-    }
-}
-
-/// How often queues are swept for expired messages no consumer took.
-const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
-
-/// Frees expired messages in queues nobody consumes from, until shutdown: they would
-/// otherwise hold memory and budget, and keep blocked producers waiting.
-async fn purge_expired(state: Arc<BrokerState>, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(EXPIRY_SWEEP);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        let purged: usize = state.vhosts.routers().map(|r| r.purge_expired()).sum();
-        if purged > 0 {
-            tracing::debug!(purged, "expired messages freed");
-        }
     }
 }

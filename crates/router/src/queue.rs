@@ -538,7 +538,7 @@ impl Queue {
     /// Drops the expired messages at the front of the ready list (all of them under a
     /// queue TTL, whose deadlines come in order), and returns how many.
     fn drop_expired_front(&self, state: &mut State) -> usize {
-        if !state.ready.front().is_some_and(|q| q.expires_at.is_some()) {
+        if state.ready.front().is_none_or(|q| q.expires_at.is_none()) {
             return 0;
         }
         let now = Instant::now();
