@@ -464,7 +464,6 @@ async fn queues_per_virtual_host_are_limited() {
 /// is let go at once: its session, and its connection slot, do not wait for the queue.
 #[tokio::test]
 async fn a_publisher_held_back_by_a_full_queue_that_vanishes_is_let_go() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let broker = common::start(&[
         "--max-connections",
         "1",
@@ -473,7 +472,36 @@ async fn a_publisher_held_back_by_a_full_queue_that_vanishes_is_let_go() {
         "--queue-overflow",
         "block",
     ]);
-    let mut publisher = postbox_testkit::client::tcp(broker.addr).await;
+    let publisher = held_back_publisher(broker.addr).await;
+    // Unread bytes (the queue never drains, so no RECEIPT comes) and a zero linger: the
+    // close is a reset.
+    publisher.set_zero_linger().unwrap();
+    drop(publisher);
+    wait_for_the_only_slot(broker.addr, Duration::from_secs(5)).await;
+}
+
+/// The same publisher closing in order (FIN, nothing unread, no heart-beats) is let go
+/// too: its end of stream ends the session as it would if no frame were waiting.
+#[tokio::test]
+async fn a_publisher_held_back_by_a_full_queue_that_closes_is_let_go() {
+    let broker = common::start(&[
+        "--max-connections",
+        "1",
+        "--queue-max-length",
+        "1",
+        "--queue-overflow",
+        "block",
+    ]);
+    let publisher = held_back_publisher(broker.addr).await;
+    drop(publisher);
+    wait_for_the_only_slot(broker.addr, Duration::from_secs(5)).await;
+}
+
+/// A connection that has sent CONNECT and two SENDs to `/queue/full`, which holds one
+/// message: the second (`receipt:held`) waits. Everything the broker wrote is read.
+async fn held_back_publisher(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut publisher = postbox_testkit::client::tcp(addr).await;
     publisher
         .write_all(
             b"CONNECT\naccept-version:1.2\nhost:/\n\n\0\
@@ -483,7 +511,7 @@ async fn a_publisher_held_back_by_a_full_queue_that_vanishes_is_let_go() {
         .await
         .unwrap();
     let mut seen = Vec::new();
-    while !seen.windows(9).any(|w| w == b"CONNECTED") {
+    while !seen.ends_with(b"\n\n\0") {
         let mut chunk = [0; 1024];
         let n = tokio::time::timeout(Duration::from_secs(5), publisher.read(&mut chunk))
             .await
@@ -492,15 +520,20 @@ async fn a_publisher_held_back_by_a_full_queue_that_vanishes_is_let_go() {
         assert!(n > 0, "closed: {:?}", seen.escape_ascii().to_string());
         seen.extend_from_slice(&chunk[..n]);
     }
+    assert!(
+        seen.starts_with(b"CONNECTED"),
+        "{:?}",
+        seen.escape_ascii().to_string()
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // Unread bytes (the queue never drains, so no RECEIPT comes) and a zero linger: the
-    // close is a reset.
-    publisher.set_zero_linger().unwrap();
-    drop(publisher);
+    publisher
+}
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+/// Waits until a new client gets CONNECTED from a broker allowing one connection.
+async fn wait_for_the_only_slot(addr: std::net::SocketAddr, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
     loop {
-        let mut client = Client::open(broker.addr).await;
+        let mut client = Client::open(addr).await;
         client
             .send(&Frame::new(Command::Connect).header("accept-version", "1.2"))
             .await;
@@ -509,11 +542,11 @@ async fn a_publisher_held_back_by_a_full_queue_that_vanishes_is_let_go() {
             .as_ref()
             .is_some_and(|f| f.command == Command::Connected)
         {
-            break;
+            return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the vanished publisher still holds the only slot: {frame:?}"
+            "the gone publisher still holds the only slot: {frame:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -34,7 +34,7 @@ use crate::registry::{Connection, Opening, SubscriptionInfo, Traffic};
 use crate::state::BrokerState;
 pub use error::SessionError;
 use postbox_auth::{Credentials, Method, Operation, Principal};
-use reader::{FrameReader, ReadError};
+use reader::{FrameReader, PeerEvent, ReadError};
 use writer::{Writer, WriterEnd};
 
 /// RabbitMQ's SUBSCRIBE header bounding unacknowledged messages.
@@ -476,8 +476,9 @@ enum Interrupted {
     WriterGone,
     Killed,
     Shutdown,
-    /// The transport failed: the client is gone.
-    PeerGone(std::io::Error),
+    /// The client closed or its transport failed: the session ends as at any end of
+    /// the stream, and the waiting frame is not taken.
+    PeerGone(PeerEvent),
 }
 
 /// Polls `future` once in the current task: its output if that settles it, else `None`
@@ -654,9 +655,12 @@ impl Session {
                 Ok(result) => result,
                 Err(Interrupted::WriterGone) => return ReaderEnd::WriterGone,
                 Err(Interrupted::Killed) => return ReaderEnd::Killed,
-                Err(Interrupted::PeerGone(error)) => {
+                Err(Interrupted::PeerGone(event)) => {
                     done.cancel();
-                    return ReaderEnd::Io(error);
+                    return match event {
+                        PeerEvent::Failed(error) => ReaderEnd::Io(error),
+                        PeerEvent::Closed => ReaderEnd::Eof,
+                    };
                 }
                 Err(Interrupted::Shutdown) => {
                     return self.fail(SessionError::Closed(CloseReason::Shutdown), None);
@@ -751,16 +755,16 @@ impl Session {
         let outbox = self.outbox.clone();
         let handling = self.handle(frame);
         let mut handling = std::pin::pin!(handling);
-        match poll_once(handling.as_mut()).await {
-            Some(result) => Ok(result),
-            None => tokio::select! {
-                biased;
-                _ = done.cancelled() => Err(Interrupted::WriterGone),
-                _ = outbox.closed() => Err(Interrupted::Killed),
-                _ = shutdown.cancelled() => Err(Interrupted::Shutdown),
-                error = reader.failed() => Err(Interrupted::PeerGone(error)),
-                result = &mut handling => Ok(result),
-            },
+        if let Some(result) = poll_once(handling.as_mut()).await {
+            return Ok(result);
+        }
+        tokio::select! {
+            biased;
+            _ = done.cancelled() => Err(Interrupted::WriterGone),
+            _ = outbox.closed() => Err(Interrupted::Killed),
+            _ = shutdown.cancelled() => Err(Interrupted::Shutdown),
+            event = reader.watch() => Err(Interrupted::PeerGone(event)),
+            result = &mut handling => Ok(result),
         }
     }
 

@@ -122,26 +122,35 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// Resolves when the transport fails, as it does once a vanished peer's host resets
-    /// the connection, so a session waiting on something else (a full queue) learns its
-    /// client is gone. What arrives meanwhile is kept for [`next`](Self::next), up to
-    /// [`WATCH_LIMIT`] bytes; past that, and after an orderly close (the client may have
-    /// only half-closed and still read), it never resolves.
-    pub async fn failed(&mut self) -> io::Error {
+    /// Resolves when the transport fails or the peer closes its sending half, so a
+    /// session waiting on something else (a full queue) learns what became of its
+    /// client. What arrives meanwhile is kept for [`next`](Self::next), up to
+    /// [`WATCH_LIMIT`] bytes; past that it never resolves.
+    pub async fn watch(&mut self) -> PeerEvent {
         let start = self.buf.len();
         loop {
             if self.buf.len() - start >= WATCH_LIMIT {
                 return std::future::pending().await;
             }
             match read_some(&mut self.io, &mut self.buf, FIRST_CHUNK).await {
-                Ok(0) => return std::future::pending().await,
+                Ok(0) => return PeerEvent::Closed,
                 Ok(n) => {
                     self.traffic.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                Err(error) => return error,
+                Err(error) => return PeerEvent::Failed(error),
             }
         }
     }
+}
+
+/// What [`FrameReader::watch`] saw of the peer.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// The transport failed, as it does once a vanished peer's host resets it.
+    Failed(io::Error),
+    /// The peer closed its sending half: it sends nothing more, which ends a session
+    /// (as at any end of stream) even while a frame waits.
+    Closed,
 }
 
 /// Reads what the transport has into `buf`, growing it by `chunk` when it is nearly
