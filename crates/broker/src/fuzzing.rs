@@ -654,11 +654,17 @@ impl World {
                 let index = pick as usize % conn.held.len();
                 let held = conn.held[index].clone();
                 let cumulative = conn.subs.get(&held.subscription).map(|s| s.ack) == Some("client");
-                // A cumulative ACK settles every earlier delivery of the subscription.
+                let tx = transaction.checked_sub(1).map(|t| t % 2);
+                // A cumulative ACK settles every earlier delivery of the subscription. A NACK
+                // is only sure to settle its own delivery, and within a transaction not even
+                // that (the transaction may be aborted): what the model keeps may still be
+                // acknowledged by a later cumulative ACK.
+                let forgets = !nack || tx.is_none();
+                let cumulative = cumulative && !nack;
                 let mut settled = Vec::new();
                 let mut position = 0;
                 conn.held.retain(|h| {
-                    let this = position == index;
+                    let this = position == index && forgets;
                     let earlier =
                         position < index && cumulative && h.subscription == held.subscription;
                     position += 1;
@@ -681,7 +687,6 @@ impl World {
                 if nack && !requeue {
                     frame += "requeue:false\n";
                 }
-                let tx = transaction.checked_sub(1).map(|t| t % 2);
                 if let Some(t) = tx {
                     frame += &format!("transaction:t{t}\n");
                 }
