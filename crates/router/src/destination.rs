@@ -82,6 +82,15 @@ impl Destination {
         Destination::parse(&ByteString::from(format!("{}{name}", kind.prefix())))
     }
 
+    /// The same destination in an allocation of its own, for one kept for long (a
+    /// queue's name, a queued message's): a parsed header shares the read buffer.
+    pub fn detached(&self) -> Destination {
+        Destination {
+            kind: self.kind,
+            full: ByteString::from(&*self.full),
+        }
+    }
+
     /// The kind given by the prefix.
     pub fn kind(&self) -> Kind {
         self.kind

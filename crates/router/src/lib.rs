@@ -30,7 +30,7 @@ mod unacked;
 pub use budget::{Budget, Charge};
 pub use destination::{Destination, Kind};
 pub use error::RouteError;
-pub use message::Message;
+pub use message::{DETACH_BELOW, Message};
 pub use outbox::{CloseReason, Delivery, Notification, Outbox, OutboxReceiver, PushError, outbox};
 pub use queue::{AckTag, Overflow, Queue, QueueSettings, QueueStats, Queued, Settle, UnknownAck};
 pub use relay::{BoxFuture, NoRelay, QueueStore, Relay, StoreError, StoreReceipt};

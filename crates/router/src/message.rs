@@ -1,6 +1,6 @@
 //! A published message, shared by every subscriber that receives it.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use postbox_stomp::headers::names;
@@ -20,6 +20,11 @@ const RESERVED: [&str; 8] = [
     names::ACK,
     "redelivered",
 ];
+
+/// Messages whose headers and body together are smaller than this are copied out of
+/// the read buffer they were decoded from when they are kept (see [`Message::detached`]).
+/// Larger ones arrive in a buffer mostly their own, so sharing it costs little.
+pub const DETACH_BELOW: usize = 16 * 1024;
 
 /// One published message. Immutable once built and shared behind an `Arc`; the body is
 /// never copied, and the part of the MESSAGE frame common to all subscribers is encoded
@@ -60,6 +65,29 @@ impl Message {
     ) -> Message {
         headers.retain(|name, _| !RESERVED.contains(&name));
         Message::new(id, destination, headers, body)
+    }
+
+    /// A copy that shares no buffer with the frame it came from, or `None` where that
+    /// would save little: for a large message, and for a topic's, which its subscribers
+    /// share (a copy per waiting subscriber would cost more than the buffer).
+    ///
+    /// A decoded SEND's headers and body are views into the publisher's read buffer, up
+    /// to 64 KiB; a message kept in a queue keeps all of it, so tiny messages would hold
+    /// many times the bytes the queue limits count.
+    pub fn detached(self: &Arc<Message>) -> Option<Arc<Message>> {
+        let header_bytes: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        if header_bytes + self.body.len() >= DETACH_BELOW || self.destination.kind() == Kind::Topic
+        {
+            return None;
+        }
+        Some(Arc::new(Message {
+            id: self.id.clone(),
+            destination: self.destination.detached(),
+            headers: self.headers.detached(),
+            body: Bytes::copy_from_slice(&self.body),
+            tails: Default::default(),
+            wire_size: self.wire_size,
+        }))
     }
 
     /// The broker-assigned `message-id`.

@@ -137,6 +137,14 @@ impl Queued {
         }
     }
 
+    /// Copies a small message out of the read buffer it was decoded from, so a message
+    /// that waits holds its own bytes only (see [`Message::detached`]).
+    pub fn detach(&mut self) {
+        if let Some(detached) = self.message.detached() {
+            self.message = detached;
+        }
+    }
+
     /// The bytes it counts for against the queue's and the global limits: its headers
     /// as well as its body (see [`Message::wire_size`]), so that a message of large
     /// headers and no body is not free to keep.
@@ -482,15 +490,23 @@ impl Queue {
             None => return Offer::Rejected,
         }
         state.ready_bytes += size;
+        let message = Arc::as_ptr(&queued.message);
         state.ready.push_back(queued);
         self.count(|s| &s.enqueued, 1);
         self.dispatch(&mut state);
+        // Not taken at once: it waits, so it no longer holds its publisher's read buffer.
+        if let Some(waiting) = state.ready.back_mut()
+            && Arc::as_ptr(&waiting.message) == message
+        {
+            waiting.detach();
+        }
         Offer::Accepted
     }
 
     /// Stores a message whatever the limits (dead letters must not be lost; a cluster's
     /// fetched messages were already counted against the limits by the store).
     pub fn force(self: &Arc<Queue>, mut queued: Queued) -> Result<(), Queued> {
+        queued.detach();
         let mut state = self.lock();
         if self.is_deleted() {
             return Err(queued);
@@ -664,6 +680,7 @@ impl Queue {
                 dead.push(self.dead_letter(item, DeathReason::DeliveryLimit));
                 continue;
             }
+            item.detach();
             state.ready_bytes += item.size();
             state.ready.push_front(item);
         }
@@ -975,6 +992,83 @@ mod tests {
         fn bodies(&mut self) -> Vec<String> {
             self.received().into_iter().map(|(b, _, _)| b).collect()
         }
+    }
+
+    /// A small message decoded from a large read buffer, as a session's SEND is.
+    fn in_read_buffer(buffer: &ByteString) -> Queued {
+        let destination = Destination::parse(&buffer.slice_ref(&buffer[..11])).unwrap();
+        let headers: Headers = [(
+            buffer.slice_ref(&buffer[11..16]),
+            buffer.slice_ref(&buffer[16..21]),
+        )]
+        .into_iter()
+        .collect();
+        let body = buffer.as_bytes().slice(21..26);
+        let message = Message::new("m-1".into(), destination, headers, body);
+        Queued::new(Arc::new(message), None, None)
+    }
+
+    fn shares(message: &Message, buffer: &ByteString) -> bool {
+        let inside = buffer.as_bytes().as_ptr_range();
+        let (name, value) = message.headers().iter().next().unwrap();
+        [
+            message.body().as_ptr(),
+            message.destination().as_str().as_ptr(),
+            name.as_ptr(),
+            value.as_ptr(),
+        ]
+        .iter()
+        .any(|at| inside.contains(at))
+    }
+
+    #[test]
+    fn a_small_message_that_waits_holds_no_read_buffer() {
+        let mut text = String::from("/queue/jobsx-keyvaluehello");
+        text.push_str(&"z".repeat(64 * 1024));
+        let buffer = ByteString::from(text);
+
+        let queue = queue(QueueSettings::default());
+        assert!(matches!(
+            queue.offer(in_read_buffer(&buffer)),
+            Offer::Accepted
+        ));
+        let waiting = queue.lock().ready[0].message.clone();
+        assert!(
+            !shares(&waiting, &buffer),
+            "a waiting message is copied out"
+        );
+        assert_eq!(waiting.body(), "hello");
+        assert_eq!(waiting.headers().get("x-key"), Some("value"));
+        assert_eq!(waiting.destination().as_str(), "/queue/jobs");
+
+        // One taken at once is not copied; one handed back (its consumer left) is.
+        let mut c = consumer(&queue, 1, AckMode::Client, 10);
+        c.received();
+        assert!(matches!(
+            queue.offer(in_read_buffer(&buffer)),
+            Offer::Accepted
+        ));
+        let delivered = queue.lock().consumers[0]
+            .unacked
+            .iter()
+            .last()
+            .unwrap()
+            .1
+            .message
+            .clone();
+        assert!(
+            shares(&delivered, &buffer),
+            "a message taken at once is not copied"
+        );
+        drop(delivered);
+        queue.remove_consumer(1);
+        assert!(
+            queue
+                .lock()
+                .ready
+                .iter()
+                .all(|q| !shares(&q.message, &buffer))
+        );
     }
 
     #[test]

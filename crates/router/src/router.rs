@@ -487,6 +487,8 @@ impl Router {
             dead_letter,
             ..config.queue.clone()
         };
+        // Kept as long as the queue: not a view into the read buffer of its first user.
+        let destination = &destination.detached();
         let queue = match &self.shared.store {
             Some(store) => Queue::clustered(
                 destination.clone(),

@@ -38,6 +38,16 @@ impl Frame {
         self
     }
 
+    /// The same frame with its headers and body in allocations of its own, for a frame
+    /// kept after its read buffer has moved on (see [`Headers::detached`]).
+    pub fn detached(&self) -> Frame {
+        Frame {
+            command: self.command,
+            headers: self.headers.detached(),
+            body: Bytes::copy_from_slice(&self.body),
+        }
+    }
+
     /// The first value of a header.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.headers.get(name)

@@ -124,6 +124,31 @@ impl Headers {
         self.entries.iter()
     }
 
+    /// The same headers in one allocation of their own. Decoded headers are views into
+    /// the connection's read buffer, so a frame kept for long (a queued message, a staged
+    /// SEND) would otherwise keep that whole buffer alive for a few bytes of its own.
+    pub fn detached(&self) -> Headers {
+        let total = self.entries.iter().map(|(n, v)| n.len() + v.len()).sum();
+        let mut joined = String::with_capacity(total);
+        for (name, value) in &self.entries {
+            joined.push_str(name);
+            joined.push_str(value);
+        }
+        let joined = ByteString::from(joined);
+        let mut at = 0;
+        let mut take = |len: usize| {
+            let piece = joined.slice_ref(&joined[at..at + len]);
+            at += len;
+            piece
+        };
+        let entries = self
+            .entries
+            .iter()
+            .map(|(name, value)| (take(name.len()), take(value.len())))
+            .collect();
+        Headers { entries }
+    }
+
     /// The number of header lines, repeats included.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -176,6 +201,29 @@ mod tests {
         assert_eq!(headers.iter().collect::<Vec<_>>(), [("a", "9"), ("b", "2")]);
         headers.set("c", "4");
         assert_eq!(headers.get("c"), Some("4"));
+    }
+
+    #[test]
+    fn detached_headers_are_equal_and_share_nothing_with_the_buffer() {
+        let buffer = ByteString::from("destinationq1x-keyvalue");
+        let headers: Headers = [
+            (
+                buffer.slice_ref(&buffer[..11]),
+                buffer.slice_ref(&buffer[11..13]),
+            ),
+            (
+                buffer.slice_ref(&buffer[13..18]),
+                buffer.slice_ref(&buffer[18..]),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let detached = headers.detached();
+        assert_eq!(detached, headers);
+        let inside = buffer.as_bytes().as_ptr_range();
+        for (name, value) in detached.iter() {
+            assert!(!inside.contains(&name.as_ptr()) && !inside.contains(&value.as_ptr()));
+        }
     }
 
     #[test]

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postbox_router::{
-    AckMode, AckTag, CloseReason, Destination, Kind, Outbox, QueueCache, Router, Subscriber,
-    Subscription, TempQueue, outbox,
+    AckMode, AckTag, CloseReason, DETACH_BELOW, Destination, Kind, Outbox, QueueCache, Router,
+    Subscriber, Subscription, TempQueue, outbox,
 };
 use postbox_stomp::headers::names;
 use postbox_stomp::{ByteString, Command, Frame, Item, Limits, StompCodec, Version, encode};
@@ -899,7 +899,14 @@ impl Session {
             .messages_in
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(transaction) = frame.headers.get_shared(names::TRANSACTION).cloned() {
-            self.stage(&transaction, Staged::Send(destination, frame))?;
+            // Kept until COMMIT: a small frame leaves the read buffer it shares.
+            let headers: usize = frame.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+            let frame = if headers + frame.body.len() < DETACH_BELOW {
+                frame.detached()
+            } else {
+                frame
+            };
+            self.stage(&transaction, Staged::Send(destination.detached(), frame))?;
             return Ok(Flow::Continue);
         }
         self.router

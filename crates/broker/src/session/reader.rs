@@ -115,6 +115,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if n >= room.max(self.chunk / 2) {
                 // The read took all there was room for: the peer sends more than fits.
                 self.chunk = (self.chunk * 2).min(MAX_CHUNK);
+            } else if n < self.chunk / 8 {
+                // A peer that sent a burst once and now trickles gets small buffers again:
+                // an idle buffer is dropped and allocated afresh, and each of those would
+                // otherwise be a whole large chunk held by the frame or two read into it.
+                self.chunk = (self.chunk / 2).max(FIRST_CHUNK);
             }
             self.traffic.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -172,4 +177,43 @@ async fn read_some<R: AsyncRead + Unpin>(
         polled
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    fn send(body: usize) -> Vec<u8> {
+        let mut frame = b"SEND\ndestination:/queue/a\n\n".to_vec();
+        frame.resize(frame.len() + body, b'x');
+        frame.push(0);
+        frame
+    }
+
+    #[tokio::test]
+    async fn a_reader_grows_its_buffer_for_bursts_and_shrinks_it_for_a_trickle() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut reader = FrameReader::new(
+            server,
+            StompCodec::new(
+                postbox_stomp::Version::V1_2,
+                postbox_stomp::Limits::default(),
+            ),
+            Arc::default(),
+        );
+        let burst: Vec<u8> = (0..64).flat_map(|_| send(4096)).collect();
+        client.write_all(&burst).await.unwrap();
+        for _ in 0..64 {
+            reader.next(None).await.unwrap().expect("a frame");
+        }
+        // Its last read may be a short one, which halves the chunk once.
+        assert!(reader.chunk >= MAX_CHUNK / 2, "a burst grows the buffer");
+        for _ in 0..10 {
+            client.write_all(&send(10)).await.unwrap();
+            reader.next(None).await.unwrap().expect("a frame");
+        }
+        assert_eq!(reader.chunk, FIRST_CHUNK, "a trickle shrinks it again");
+    }
 }
