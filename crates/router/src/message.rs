@@ -38,6 +38,10 @@ pub struct Message {
     tails: [OnceLock<Bytes>; 3],
     /// See [`Message::wire_size`]; asked twice per delivery, so computed once.
     wire_size: usize,
+    /// The copy [`Message::detached`] made, shared by everyone who asks for it.
+    copy: OnceLock<Arc<Message>>,
+    /// Whether this is such a copy, holding buffers of its own.
+    is_copy: bool,
 }
 
 impl Message {
@@ -52,6 +56,8 @@ impl Message {
             body,
             tails: Default::default(),
             wire_size,
+            copy: OnceLock::new(),
+            is_copy: false,
         }
     }
 
@@ -67,27 +73,31 @@ impl Message {
         Message::new(id, destination, headers, body)
     }
 
-    /// A copy that shares no buffer with the frame it came from, or `None` where that
-    /// would save little: for a large message, and for a topic's, which its subscribers
-    /// share (a copy per waiting subscriber would cost more than the buffer).
+    /// The message in buffers of its own, or `None` where it already is or a copy would
+    /// save little (a large message).
     ///
     /// A decoded SEND's headers and body are views into the publisher's read buffer, up
-    /// to 64 KiB; a message kept in a queue keeps all of it, so tiny messages would hold
-    /// many times the bytes the queue limits count.
-    pub fn detached(self: &Arc<Message>) -> Option<Arc<Message>> {
+    /// to 64 KiB; a message that waits (in a queue, in a topic subscription's backlog)
+    /// would keep all of it, many times the bytes the limits count. The copy is made
+    /// once and shared: every backlog a topic message waits in holds the same one.
+    pub fn detached(&self) -> Option<Arc<Message>> {
         let header_bytes: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
-        if header_bytes + self.body.len() >= DETACH_BELOW || self.destination.kind() == Kind::Topic
-        {
+        if self.is_copy || header_bytes + self.body.len() >= DETACH_BELOW {
             return None;
         }
-        Some(Arc::new(Message {
-            id: self.id.clone(),
-            destination: self.destination.detached(),
-            headers: self.headers.detached(),
-            body: Bytes::copy_from_slice(&self.body),
-            tails: Default::default(),
-            wire_size: self.wire_size,
-        }))
+        let copy = self.copy.get_or_init(|| {
+            Arc::new(Message {
+                id: self.id.clone(),
+                destination: self.destination.detached(),
+                headers: self.headers.detached(),
+                body: Bytes::copy_from_slice(&self.body),
+                tails: Default::default(),
+                wire_size: self.wire_size,
+                copy: OnceLock::new(),
+                is_copy: true,
+            })
+        });
+        Some(copy.clone())
     }
 
     /// The broker-assigned `message-id`.
@@ -179,6 +189,30 @@ mod tests {
         let message = Message::from_send("m-1".into(), destination, send, Bytes::from("abc"));
         let kept: Vec<_> = message.headers().iter().collect();
         assert_eq!(kept, [("content-type", "text/plain"), ("x-custom", "1")]);
+    }
+
+    #[test]
+    fn a_message_is_detached_once_and_its_copy_shared() {
+        let destination = Destination::parse(&"/topic/a".into()).unwrap();
+        let small = Message::new(
+            "m-1".into(),
+            destination.clone(),
+            Headers::new(),
+            "x".into(),
+        );
+        let copy = small.detached().expect("a small message is copied");
+        assert!(
+            Arc::ptr_eq(&copy, &small.detached().unwrap()),
+            "copied once"
+        );
+        assert!(copy.detached().is_none(), "a copy is not copied again");
+        assert_eq!(copy.body(), "x");
+        let body = Bytes::from(vec![b'x'; DETACH_BELOW]);
+        let large = Message::new("m-2".into(), destination, Headers::new(), body);
+        assert!(
+            large.detached().is_none(),
+            "a large message keeps its buffer"
+        );
     }
 
     #[test]
