@@ -100,6 +100,10 @@ pub struct QueueStats {
     pub dropped: AtomicU64,
 }
 
+/// The most room an empty queue keeps for waiting messages; a larger backlog's is freed
+/// once it drains.
+const KEEP_READY: usize = 1024;
+
 /// A message waiting in a queue or awaiting acknowledgement.
 #[derive(Debug, Clone)]
 pub struct Queued {
@@ -879,6 +883,10 @@ impl Queue {
         if state.ready.len() < before {
             self.space.notify_waiters();
         }
+        if state.ready.is_empty() && state.ready.capacity() > KEEP_READY {
+            // A backlog once drained keeps no room for itself.
+            state.ready = VecDeque::new();
+        }
         if self.store.is_some() {
             self.demand.notify_waiters();
         }
@@ -1069,6 +1077,18 @@ mod tests {
                 .iter()
                 .all(|q| !shares(&q.message, &buffer))
         );
+    }
+
+    #[test]
+    fn a_drained_backlog_gives_its_room_back() {
+        let queue = queue(QueueSettings::default());
+        for n in 0..5000 {
+            offer(&queue, &n.to_string());
+        }
+        assert!(queue.lock().ready.capacity() >= 5000);
+        let mut c = consumer(&queue, 1, AckMode::Auto, 10_000);
+        assert_eq!(c.received().len(), 5000);
+        assert!(queue.lock().ready.capacity() <= KEEP_READY);
     }
 
     #[test]
