@@ -226,6 +226,29 @@ impl Outbox {
         self.push(Notification::Frame(frame), cost)
     }
 
+    /// Drops what is queued for `subscription` and not yet taken by the writer, after
+    /// its UNSUBSCRIBE: the client asked for no more, and its queue deliveries went back
+    /// to their queue, so writing them would deliver them twice. Deliveries the writer
+    /// already holds (at most one batch) are still written. Returns how many went.
+    pub fn retract(&self, subscription: &str) -> usize {
+        let (mut cost, mut dropped) = (0, 0);
+        self.shared
+            .queue()
+            .retain(|notification| match notification {
+                Notification::Deliver(delivery) if delivery.subscription == subscription => {
+                    cost += delivery.cost();
+                    dropped += 1;
+                    false
+                }
+                _ => true,
+            });
+        if cost > 0 {
+            self.shared.pending.fetch_sub(cost, Ordering::AcqRel);
+            self.shared.room.notify_waiters();
+        }
+        dropped
+    }
+
     /// Asks the writer to close the connection after what is already queued.
     pub fn send_close(&self) {
         let _ = self.push(Notification::Close, 0);
@@ -385,6 +408,32 @@ mod tests {
             redelivered: false,
             settle: None,
         }
+    }
+
+    #[tokio::test]
+    async fn an_unsubscribed_subscription_s_queued_deliveries_are_retracted() {
+        let (outbox, mut rx) = outbox(1 << 20);
+        let other = Delivery {
+            subscription: "other".into(),
+            ..delivery(10)
+        };
+        outbox.deliver(delivery(100)).unwrap();
+        outbox.deliver(other.clone()).unwrap();
+        outbox
+            .send_frame(Frame::new(postbox_stomp::Command::Receipt))
+            .unwrap();
+        outbox.deliver(delivery(100)).unwrap();
+        assert_eq!(outbox.retract("s"), 2);
+        let mut batch = VecDeque::new();
+        assert!(rx.recv_all(&mut batch).await);
+        assert_eq!(
+            batch.len(),
+            2,
+            "the other subscription's delivery and the RECEIPT"
+        );
+        assert!(matches!(&batch[0], Notification::Deliver(d) if d.subscription == "other"));
+        let left: usize = batch.iter().map(Notification::cost).sum();
+        assert_eq!(outbox.pending_bytes(), left);
     }
 
     #[tokio::test]

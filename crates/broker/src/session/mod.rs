@@ -1062,6 +1062,10 @@ impl Session {
             .remove(id)
             .ok_or_else(|| SessionError::UnknownSubscription(error::shorten(id)))?;
         self.by_key.remove(&subscription.key());
+        // Gone from the router first (its unacknowledged messages back in their queue),
+        // so nothing more arrives for it; then what still waits for it is dropped.
+        drop(subscription);
+        self.outbox.retract(id);
         self.forget(id);
         Ok(Flow::Continue)
     }
