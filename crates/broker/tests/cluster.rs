@@ -130,8 +130,12 @@ async fn a_queue_is_one_queue_across_nodes() {
     }
     producer.disconnect().await;
 
+    // Nothing is acknowledged until both nodes hold messages: a node fetches only as many
+    // as its consumer's prefetch, so the other node must take the rest. Acknowledging from
+    // the start would let one fast node drain the queue alone on a loaded machine.
     let mut seen = HashSet::new();
     let mut per_consumer = [0usize; 2];
+    let mut unacked: [Vec<String>; 2] = [Vec::new(), Vec::new()];
     let deadline = Instant::now() + Duration::from_secs(20);
     while seen.len() < 100 && Instant::now() < deadline {
         for (i, consumer) in consumers.iter_mut().enumerate() {
@@ -142,18 +146,24 @@ async fn a_queue_is_one_queue_across_nodes() {
                     text(&message)
                 );
                 per_consumer[i] += 1;
-                let ack = message.get("ack").unwrap().to_owned();
-                consumer
-                    .send(&Frame::new(Command::Ack).header("id", ack.as_str()))
-                    .await;
+                unacked[i].push(message.get("ack").unwrap().to_owned());
+            }
+        }
+        if per_consumer.iter().all(|&n| n > 0) {
+            for (consumer, tags) in consumers.iter_mut().zip(unacked.iter_mut()) {
+                for tag in tags.drain(..) {
+                    consumer
+                        .send(&Frame::new(Command::Ack).header("id", tag.as_str()))
+                        .await;
+                }
             }
         }
     }
-    assert_eq!(seen.len(), 100, "missing messages");
     assert!(
         per_consumer.iter().all(|&n| n > 0),
         "one node got nothing: {per_consumer:?}"
     );
+    assert_eq!(seen.len(), 100, "missing messages");
     drop((n1, n2));
 }
 
