@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use postbox_testkit::certs::{self, Leaf, TestCa};
@@ -12,7 +11,7 @@ use rustls_pki_types::CertificateDer;
 
 struct Setup {
     ca: TestCa,
-    dir: PathBuf,
+    dir: certs::TempDir,
     broker: Broker,
     first: Leaf,
 }

@@ -143,8 +143,42 @@ pub fn localhost() -> ServerName<'static> {
     ServerName::try_from("localhost").expect("valid name")
 }
 
-/// A fresh empty directory under the system temp directory.
-pub fn temp_dir(prefix: &str) -> PathBuf {
+/// A fresh empty directory under the system temp directory, removed with its contents
+/// when dropped (so test runs leave nothing in /tmp). Derefs to its [`Path`].
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Gives up the removal: the directory outlives this value.
+    pub fn keep(self) -> PathBuf {
+        let path = self.0.clone();
+        std::mem::forget(self);
+        path
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Creates a [`TempDir`] named after `prefix`, the process and a counter.
+pub fn temp_dir(prefix: &str) -> TempDir {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "{prefix}-{}-{}",
@@ -153,5 +187,5 @@ pub fn temp_dir(prefix: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
+    TempDir(dir)
 }

@@ -19,14 +19,14 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server on a free port.
     pub fn start() -> RedisServer {
-        let dir = crate::certs::temp_dir("postbox-redis");
+        // The server removes its directory when dropped.
+        let mut server = RedisServer {
+            child: None,
+            port: 0,
+            dir: crate::certs::temp_dir("postbox-redis").keep(),
+        };
         for _ in 0..10 {
-            let port = free_port();
-            let mut server = RedisServer {
-                child: None,
-                port,
-                dir: dir.clone(),
-            };
+            server.port = free_port();
             if server.launch() {
                 return server;
             }
