@@ -27,4 +27,5 @@ pub mod transport;
 pub mod vhost;
 
 pub use config::Config;
-pub use server::{Listening, ReloadError, Running, StartError, Transport, start};
+pub use server::{Listening, ReloadError, Running, StartError, start};
+pub use transport::Transport;

@@ -2,7 +2,6 @@
 //! hands each to its transport and then to a session, reloads on SIGHUP, and shuts down
 //! gracefully, spreading the goodbyes over a lame-duck window.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,50 +22,13 @@ use crate::http;
 use crate::metrics::DisconnectReason;
 use crate::session::{self, Context, Peer, SessionError, Settings};
 use crate::state::{BrokerState, StateParts};
+use crate::transport::Transport;
 use crate::transport::tls::{CertStore, TlsError};
 use crate::transport::ws::{self, Accepted, WsSettings};
 use crate::vhost::Vhosts;
 
 /// How often resident memory is sampled for the memory alarm.
 const MEMORY_SAMPLE_MS: u64 = 100;
-
-/// How clients reach a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// STOMP over TCP.
-    Stomp,
-    /// STOMP over TLS.
-    StompTls,
-    /// STOMP over WebSocket.
-    Ws,
-    /// STOMP over WebSocket over TLS.
-    Wss,
-    /// Plain HTTP: health, metrics, admin.
-    Http,
-}
-
-impl Transport {
-    /// The name used in logs and in the `listening` lines.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Transport::Stomp => "stomp",
-            Transport::StompTls => "stomp-tls",
-            Transport::Ws => "ws",
-            Transport::Wss => "wss",
-            Transport::Http => "http",
-        }
-    }
-
-    fn uses_tls(self) -> bool {
-        matches!(self, Transport::StompTls | Transport::Wss)
-    }
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// A listener that is accepting connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

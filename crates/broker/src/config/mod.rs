@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use options::{Kind, OPTIONS, OptionSpec};
 pub use secret::{Secret, SecretUrl};
 
-use crate::server::Transport;
+use crate::transport::Transport;
 use crate::transport::tls::TlsFiles;
 
 /// The precedence rule, as printed by `postbox --help`.
