@@ -9,7 +9,6 @@
 //! - a message leaves the socket in `session::writer`.
 #![deny(missing_docs)]
 
-pub mod admin;
 pub mod auth;
 pub mod config;
 #[cfg(any(test, feature = "fuzzing"))]

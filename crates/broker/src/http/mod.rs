@@ -1,7 +1,7 @@
 //! The HTTP side of the broker: `/healthz`, `/readyz`, `/metrics` and the admin API,
 //! served on the `http-listen` addresses. WebSocket listeners answer the probes for
-//! requests that are not upgrades, and the rest only with `ws-http-endpoints`. One request per connection; enough for probes, scrapers and
-//! operators, with nothing to tune.
+//! requests that are not upgrades, and the rest only with `ws-http-endpoints`. One request
+//! per connection; enough for probes, scrapers and operators, with nothing to tune.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -10,8 +10,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::admin;
 use crate::state::BrokerState;
+
+pub mod admin;
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 16 * 1024;

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use postbox_auth::Credentials;
 
-use crate::http::{Request, Response};
+use super::{Request, Response};
 use crate::state::BrokerState;
 
 /// Routes an `/admin` request.
