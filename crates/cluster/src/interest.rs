@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use postbox_router::Kind;
+use postbox_router::DestinationKind;
 use postbox_router::topic::Pattern;
 
 /// Subscriptions of one node in one virtual host.
@@ -23,7 +23,7 @@ impl VhostInterest {
         } else {
             self.counts.insert(destination.to_owned(), count);
         }
-        let Some(name) = destination.strip_prefix(Kind::Topic.prefix()) else {
+        let Some(name) = destination.strip_prefix(DestinationKind::Topic.prefix()) else {
             return;
         };
         match Pattern::parse(name) {

@@ -12,7 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::wire::{self, Kind};
+use crate::wire::{self, EnvelopeKind};
 use crate::{ClusterRelay, Control, Inner, Outgoing, interest_field};
 
 /// Most envelopes waiting to be published before new ones are dropped (Redis is down or
@@ -47,8 +47,11 @@ impl Relay for ClusterRelay {
         if nodes.is_empty() {
             return;
         }
-        let payload =
-            wire::encode_envelope(Kind::Topic, vhost, &wire::encode_message(message, None));
+        let payload = wire::encode_envelope(
+            EnvelopeKind::Topic,
+            vhost,
+            &wire::encode_message(message, None),
+        );
         for node in nodes {
             self.inner.send_to(&node, payload.clone());
         }
@@ -62,8 +65,11 @@ impl Relay for ClusterRelay {
             .unwrap_or_else(|p| p.into_inner())
             .knows(node);
         if known {
-            let payload =
-                wire::encode_envelope(Kind::Reply, vhost, &wire::encode_message(message, None));
+            let payload = wire::encode_envelope(
+                EnvelopeKind::Reply,
+                vhost,
+                &wire::encode_message(message, None),
+            );
             self.inner.send_to(node, payload);
         }
         known
@@ -132,7 +138,7 @@ fn deliver(inner: &Arc<Inner>, payload: bytes::Bytes) {
         Ok(envelope) => envelope,
         Err(error) => return warn!("cluster: {error}"),
     };
-    if envelope.kind == Kind::Doorbell {
+    if envelope.kind == EnvelopeKind::Doorbell {
         if let Ok(queue) = std::str::from_utf8(&envelope.payload) {
             crate::store::ring(inner, &envelope.vhost, queue);
         }

@@ -22,7 +22,7 @@ use postbox_router::{
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::wire::{self, Kind};
+use crate::wire::{self, EnvelopeKind};
 use crate::{ClusterRelay, Control, GROUP, Inner};
 
 /// A running fetch loop for one local queue.
@@ -217,7 +217,7 @@ fn doorbells(inner: &Arc<Inner>, vhost: &str, queue: &str) {
     if nodes.is_empty() {
         return;
     }
-    let payload = wire::encode_envelope(Kind::Doorbell, vhost, queue.as_bytes());
+    let payload = wire::encode_envelope(EnvelopeKind::Doorbell, vhost, queue.as_bytes());
     for node in nodes {
         inner.send_to(&node, payload.clone());
     }

@@ -19,7 +19,7 @@ pub struct WireError(pub &'static str);
 
 /// What an inbox envelope carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum EnvelopeKind {
     /// A topic message for local subscribers.
     Topic = 1,
     /// A message for one of this node's reply queues.
@@ -32,7 +32,7 @@ pub enum Kind {
 #[derive(Debug)]
 pub struct Envelope {
     /// What it is.
-    pub kind: Kind,
+    pub kind: EnvelopeKind,
     /// The virtual host.
     pub vhost: String,
     /// The message (topic, reply) or the queue name (doorbell) as bytes.
@@ -120,7 +120,7 @@ pub fn decode_message(mut src: Bytes) -> Result<(Arc<Message>, Option<SystemTime
 }
 
 /// Wraps a payload for a node's inbox.
-pub fn encode_envelope(kind: Kind, vhost: &str, payload: &[u8]) -> Bytes {
+pub fn encode_envelope(kind: EnvelopeKind, vhost: &str, payload: &[u8]) -> Bytes {
     let mut dst = BytesMut::with_capacity(payload.len() + vhost.len() + 3);
     dst.put_u8(kind as u8);
     put_str16(&mut dst, vhost);
@@ -134,9 +134,9 @@ pub fn decode_envelope(mut src: Bytes) -> Result<Envelope, WireError> {
         return Err(WireError("empty envelope"));
     }
     let kind = match src.get_u8() {
-        1 => Kind::Topic,
-        2 => Kind::Reply,
-        3 => Kind::Doorbell,
+        1 => EnvelopeKind::Topic,
+        2 => EnvelopeKind::Reply,
+        3 => EnvelopeKind::Doorbell,
         _ => return Err(WireError("unknown envelope kind")),
     };
     let vhost = get_str16(&mut src)?.to_string();
@@ -197,9 +197,9 @@ mod tests {
 
     #[test]
     fn envelopes_wrap_kind_and_vhost() {
-        let wire = encode_envelope(Kind::Doorbell, "/", b"/queue/jobs");
+        let wire = encode_envelope(EnvelopeKind::Doorbell, "/", b"/queue/jobs");
         let envelope = decode_envelope(wire).unwrap();
-        assert_eq!(envelope.kind, Kind::Doorbell);
+        assert_eq!(envelope.kind, EnvelopeKind::Doorbell);
         assert_eq!(envelope.vhost, "/");
         assert_eq!(&envelope.payload[..], b"/queue/jobs");
     }

@@ -16,7 +16,7 @@ pub const MAX_DESTINATION_LEN: usize = 1024;
 
 /// The kind of a destination, given by its prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
+pub enum DestinationKind {
     /// `/topic/...`: publish/subscribe.
     Topic,
     /// `/queue/...`: competing consumers.
@@ -27,14 +27,14 @@ pub enum Kind {
     ReplyQueue,
 }
 
-impl Kind {
+impl DestinationKind {
     /// The prefix that selects this kind.
     pub const fn prefix(self) -> &'static str {
         match self {
-            Kind::Topic => "/topic/",
-            Kind::Queue => "/queue/",
-            Kind::TempQueue => "/temp-queue/",
-            Kind::ReplyQueue => "/reply-queue/",
+            DestinationKind::Topic => "/topic/",
+            DestinationKind::Queue => "/queue/",
+            DestinationKind::TempQueue => "/temp-queue/",
+            DestinationKind::ReplyQueue => "/reply-queue/",
         }
     }
 }
@@ -42,7 +42,7 @@ impl Kind {
 /// A parsed destination: its kind and the name after the prefix.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Destination {
-    kind: Kind,
+    kind: DestinationKind,
     full: ByteString,
 }
 
@@ -55,10 +55,15 @@ impl Destination {
                 reason: "name is longer than 1024 bytes",
             });
         }
-        let kind = [Kind::Topic, Kind::Queue, Kind::TempQueue, Kind::ReplyQueue]
-            .into_iter()
-            .find(|kind| raw.starts_with(kind.prefix()))
-            .ok_or_else(|| RouteError::UnknownDestination(truncated(raw)))?;
+        let kind = [
+            DestinationKind::Topic,
+            DestinationKind::Queue,
+            DestinationKind::TempQueue,
+            DestinationKind::ReplyQueue,
+        ]
+        .into_iter()
+        .find(|kind| raw.starts_with(kind.prefix()))
+        .ok_or_else(|| RouteError::UnknownDestination(truncated(raw)))?;
         if raw.len() == kind.prefix().len() {
             return Err(RouteError::InvalidDestination {
                 destination: raw.to_string(),
@@ -78,7 +83,7 @@ impl Destination {
     }
 
     /// A destination of `kind` called `name` (without prefix).
-    pub fn new(kind: Kind, name: &str) -> Result<Destination, RouteError> {
+    pub fn new(kind: DestinationKind, name: &str) -> Result<Destination, RouteError> {
         Destination::parse(&ByteString::from(format!("{}{name}", kind.prefix())))
     }
 
@@ -92,7 +97,7 @@ impl Destination {
     }
 
     /// The kind given by the prefix.
-    pub fn kind(&self) -> Kind {
+    pub fn kind(&self) -> DestinationKind {
         self.kind
     }
 
@@ -137,10 +142,13 @@ mod tests {
 
     #[test]
     fn prefixes_select_the_kind() {
-        assert_eq!(parse("/topic/a.b").unwrap().kind(), Kind::Topic);
+        assert_eq!(parse("/topic/a.b").unwrap().kind(), DestinationKind::Topic);
         assert_eq!(parse("/topic/a.b").unwrap().name(), "a.b");
-        assert_eq!(parse("/queue/jobs").unwrap().kind(), Kind::Queue);
-        assert_eq!(parse("/temp-queue/r").unwrap().kind(), Kind::TempQueue);
+        assert_eq!(parse("/queue/jobs").unwrap().kind(), DestinationKind::Queue);
+        assert_eq!(
+            parse("/temp-queue/r").unwrap().kind(),
+            DestinationKind::TempQueue
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub mod topic;
 mod unacked;
 
 pub use budget::{Budget, Charge};
-pub use destination::{Destination, Kind};
+pub use destination::{Destination, DestinationKind};
 pub use error::RouteError;
 pub use message::{DETACH_BELOW, Message};
 pub use outbox::{CloseReason, Delivery, Notification, Outbox, OutboxReceiver, PushError, outbox};

@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use postbox_stomp::headers::names;
 use postbox_stomp::{ByteString, Headers, Version, encode};
 
-use crate::{Destination, Kind};
+use crate::{Destination, DestinationKind};
 
 /// Headers a client may not carry from SEND into MESSAGE: the broker sets them per
 /// message or per delivery, or they only concern the SEND frame itself.
@@ -132,7 +132,7 @@ impl Message {
     pub fn put_wire_tail(&self, version: Version, dst: &mut BytesMut) {
         let cached = self.tails[version_slot(version)].get();
         match cached {
-            None if self.destination.kind() != Kind::Topic => encode::put_message_tail(
+            None if self.destination.kind() != DestinationKind::Topic => encode::put_message_tail(
                 self.destination.as_str(),
                 &self.id,
                 &self.headers,

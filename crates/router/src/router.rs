@@ -23,7 +23,7 @@ use crate::queue::{
 };
 use crate::relay::{NoRelay, QueueStore, Relay, StoreError};
 use crate::topic::{Entry, Pattern, TopicIndex};
-use crate::{Destination, Kind, Message, RouteError};
+use crate::{Destination, DestinationKind, Message, RouteError};
 
 /// How a subscription acknowledges messages (the SUBSCRIBE `ack` header).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -216,12 +216,12 @@ impl Router {
         subscriber: Subscriber,
     ) -> Result<Subscription, RouteError> {
         match destination.kind() {
-            Kind::Topic => Ok(self.subscribe_topic(destination, subscriber)),
-            Kind::Queue => {
+            DestinationKind::Topic => Ok(self.subscribe_topic(destination, subscriber)),
+            DestinationKind::Queue => {
                 let queue = self.queue_for(destination, subscriber.queue_ttl)?;
                 Ok(self.consume(queue, subscriber, Cleanup::Shared))
             }
-            Kind::TempQueue | Kind::ReplyQueue => {
+            DestinationKind::TempQueue | DestinationKind::ReplyQueue => {
                 Err(RouteError::NotOwner(destination.to_string()))
             }
         }
@@ -335,7 +335,7 @@ impl Router {
 
     /// Tells the relay how many local subscriptions a topic name or pattern has.
     fn topic_interest(&self, name: &str, count: usize) {
-        let destination = format!("{}{name}", Kind::Topic.prefix());
+        let destination = format!("{}{name}", DestinationKind::Topic.prefix());
         self.shared
             .relay
             .interest(self.vhost(), &destination, count);
@@ -354,7 +354,7 @@ impl Router {
         let mut all: Vec<(String, usize)> = self
             .lock_topics()
             .interest()
-            .map(|(name, count)| (format!("{}{name}", Kind::Topic.prefix()), count))
+            .map(|(name, count)| (format!("{}{name}", DestinationKind::Topic.prefix()), count))
             .collect();
         all.sort();
         all
@@ -398,7 +398,7 @@ impl Router {
             self.next_key(),
             name
         );
-        let reply_to = Destination::new(Kind::ReplyQueue, &id)?;
+        let reply_to = Destination::new(DestinationKind::ReplyQueue, &id)?;
         let settings = QueueSettings {
             dead_letter: None,
             max_deliveries: 0,
@@ -470,7 +470,7 @@ impl Router {
         let dead_letter = (!is_dead_letter_queue)
             .then(|| {
                 Destination::new(
-                    Kind::Queue,
+                    DestinationKind::Queue,
                     &format!("{}{}", destination.name(), config.dead_letter_suffix),
                 )
                 .ok()
@@ -566,11 +566,11 @@ impl Router {
         ));
         self.shared.stats.published.fetch_add(1, Ordering::Relaxed);
         match message.destination().kind() {
-            Kind::Topic => {
+            DestinationKind::Topic => {
                 self.route_topic(&message, expires_at);
                 self.shared.relay.forward(self.vhost(), &message);
             }
-            Kind::Queue => match &self.shared.store {
+            DestinationKind::Queue => match &self.shared.store {
                 Some(store) => {
                     // In a cluster the queue lives in the store; the message is accepted
                     // once it is stored there.
@@ -596,7 +596,7 @@ impl Router {
                         .await?;
                 }
             },
-            Kind::ReplyQueue => {
+            DestinationKind::ReplyQueue => {
                 let queue = self.queue(message.destination().as_str());
                 let owner = reply_queue_node(message.destination());
                 match queue {
@@ -614,7 +614,7 @@ impl Router {
                     None => self.unroutable(&message),
                 }
             }
-            Kind::TempQueue => {
+            DestinationKind::TempQueue => {
                 return Err(RouteError::NotOwner(message.destination().to_string()));
             }
         }
@@ -646,7 +646,7 @@ impl Router {
                     queued = back;
                     let destination = queue.destination().clone();
                     replacement = Some(match destination.kind() {
-                        Kind::ReplyQueue => match self.queue(destination.as_str()) {
+                        DestinationKind::ReplyQueue => match self.queue(destination.as_str()) {
                             Some(queue) => queue,
                             None => return Ok(()),
                         },
@@ -661,8 +661,8 @@ impl Router {
     pub fn publish_local(&self, message: Arc<Message>) {
         self.shared.stats.published.fetch_add(1, Ordering::Relaxed);
         match message.destination().kind() {
-            Kind::Topic => self.route_topic(&message, None),
-            Kind::ReplyQueue => match self.queue(message.destination().as_str()) {
+            DestinationKind::Topic => self.route_topic(&message, None),
+            DestinationKind::ReplyQueue => match self.queue(message.destination().as_str()) {
                 Some(queue) => {
                     let ttl = queue.settings().ttl;
                     if queue
@@ -674,7 +674,7 @@ impl Router {
                 }
                 None => self.unroutable(&message),
             },
-            Kind::Queue | Kind::TempQueue => {}
+            DestinationKind::Queue | DestinationKind::TempQueue => {}
         }
     }
 

@@ -21,7 +21,7 @@ use postbox_auth::RuleSpec;
 use postbox_router::{MAX_PREFETCH, Overflow, QueueSettings, RouterConfig};
 use serde::{Deserialize, Serialize};
 
-use options::{Kind, OPTIONS, OptionSpec};
+use options::{OPTIONS, OptionSpec, ValueKind};
 pub use secret::{Secret, SecretUrl};
 
 use crate::transport::Transport;
@@ -549,12 +549,12 @@ pub fn reference() -> String {
     out.push_str("| Option | Variable | Type | Default | | Meaning |\n|---|---|---|---|---|---|\n");
     for spec in OPTIONS {
         let kind = match spec.kind {
-            Kind::Bool => "bool",
-            Kind::Int => "integer",
-            Kind::Float => "number",
-            Kind::Str => "string",
-            Kind::List => "list",
-            Kind::Rules => "rules",
+            ValueKind::Bool => "bool",
+            ValueKind::Int => "integer",
+            ValueKind::Float => "number",
+            ValueKind::Str => "string",
+            ValueKind::List => "list",
+            ValueKind::Rules => "rules",
         };
         let reload = if reloadable(spec.name) { "reload" } else { "" };
         out.push_str(&format!(
@@ -671,19 +671,19 @@ fn flag(spec: &'static OptionSpec) -> Arg {
     let arg = Arg::new(spec.name).long(spec.name).global(true).help(help);
     match spec.kind {
         // `--flag` alone means true; `--flag=false` turns a default-true option off.
-        Kind::Bool => arg
+        ValueKind::Bool => arg
             .num_args(0..=1)
             .require_equals(true)
             .default_missing_value("true")
             .value_name("BOOL"),
-        Kind::Rules => arg.value_name("TOML"),
-        Kind::List => arg
+        ValueKind::Rules => arg.value_name("TOML"),
+        ValueKind::List => arg
             .action(ArgAction::Append)
             .value_delimiter(',')
             .value_name("LIST"),
-        Kind::Int => arg.value_name("N"),
-        Kind::Float => arg.value_name("X"),
-        Kind::Str => arg.value_name("TEXT"),
+        ValueKind::Int => arg.value_name("N"),
+        ValueKind::Float => arg.value_name("X"),
+        ValueKind::Str => arg.value_name("TEXT"),
     }
 }
 
@@ -810,30 +810,30 @@ fn parse_text(
     };
     let text = joined.trim();
     Ok(match spec.kind {
-        Kind::Bool => match text.to_ascii_lowercase().as_str() {
+        ValueKind::Bool => match text.to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
             "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
             _ => return Err(bad("true or false")),
         },
-        Kind::Int => text
+        ValueKind::Int => text
             .replace('_', "")
             .parse::<i64>()
             .ok()
             .filter(|n| *n >= 0)
             .map(toml::Value::Integer)
             .ok_or_else(|| bad("a non-negative integer"))?,
-        Kind::Float => text
+        ValueKind::Float => text
             .parse::<f64>()
             .map(toml::Value::Float)
             .map_err(|_| bad("a number"))?,
-        Kind::Str => toml::Value::String(text.to_owned()),
-        Kind::Rules => {
+        ValueKind::Str => toml::Value::String(text.to_owned()),
+        ValueKind::Rules => {
             let doc: toml::Table = format!("v = {text}").parse().map_err(|_| {
                 bad("a TOML array of tables such as [{user = \"alice\", read = [\"/topic/#\"]}]")
             })?;
             doc["v"].clone()
         }
-        Kind::List => toml::Value::Array(
+        ValueKind::List => toml::Value::Array(
             joined
                 .split(',')
                 .map(str::trim)

@@ -6,7 +6,7 @@
 
 /// The type of an option's value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub enum ValueKind {
     /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off` from env and flags).
     Bool,
     /// A non-negative integer.
@@ -27,7 +27,7 @@ pub struct OptionSpec {
     /// The name, in kebab-case.
     pub name: &'static str,
     /// The value's type.
-    pub kind: Kind,
+    pub kind: ValueKind,
     /// The default, as a TOML literal.
     pub default: &'static str,
     /// What the option means.
@@ -43,7 +43,7 @@ impl OptionSpec {
 
 const fn opt(
     name: &'static str,
-    kind: Kind,
+    kind: ValueKind,
     default: &'static str,
     help: &'static str,
 ) -> OptionSpec {
@@ -59,38 +59,38 @@ const fn opt(
 pub const OPTIONS: &[OptionSpec] = &[
     opt(
         "listen",
-        Kind::List,
+        ValueKind::List,
         r#"["127.0.0.1:61613"]"#,
         "Addresses for STOMP over TCP (host:port; port 0 picks a free one).",
     ),
     opt(
         "tls-listen",
-        Kind::List,
+        ValueKind::List,
         "[]",
         "Addresses for STOMP over TLS (61614 is the usual port); needs tls-cert and tls-key.",
     ),
     opt(
         "ws-listen",
-        Kind::List,
+        ValueKind::List,
         "[]",
         "Addresses for STOMP over WebSocket (15674 is the usual port); also answers GET \
          /healthz and /readyz.",
     ),
     opt(
         "wss-listen",
-        Kind::List,
+        ValueKind::List,
         "[]",
         "Addresses for STOMP over WebSocket over TLS; needs tls-cert and tls-key.",
     ),
     opt(
         "http-listen",
-        Kind::List,
+        ValueKind::List,
         "[]",
         "Addresses for plain HTTP: /healthz, /readyz, /metrics and the admin API.",
     ),
     opt(
         "ws-http-endpoints",
-        Kind::Bool,
+        ValueKind::Bool,
         "false",
         "Also serve /metrics and the admin API on ws-listen and wss-listen addresses. Off, \
          those answer only the STOMP path, /healthz and /readyz (for load balancers that \
@@ -98,258 +98,258 @@ pub const OPTIONS: &[OptionSpec] = &[
     ),
     opt(
         "admin-token",
-        Kind::Str,
+        ValueKind::Str,
         r#""""#,
         "Bearer token for the admin API. Prefer the environment variable to the flag.",
     ),
     opt(
         "admin-role",
-        Kind::Str,
+        ValueKind::Str,
         r#""admin""#,
         "A JWT whose roles claim includes this role may use the admin API.",
     ),
     opt(
         "metrics-queue-top",
-        Kind::Int,
+        ValueKind::Int,
         "20",
         "Per-queue metrics cover at most this many queues, the deepest, so label \
          cardinality stays bounded; totals cover all.",
     ),
     opt(
         "tls-cert",
-        Kind::Str,
+        ValueKind::Str,
         r#""""#,
         "PEM certificate chain, leaf first (certbot's fullchain.pem). Reloaded when it changes.",
     ),
     opt(
         "tls-key",
-        Kind::Str,
+        ValueKind::Str,
         r#""""#,
         "PEM private key (certbot's privkey.pem). Reloaded when it changes.",
     ),
     opt(
         "tls-client-ca",
-        Kind::Str,
+        ValueKind::Str,
         r#""""#,
         "PEM CA certificates; when set, TLS clients must present a certificate issued by one.",
     ),
     opt(
         "tls-reload-ms",
-        Kind::Int,
+        ValueKind::Int,
         "5000",
         "How often the certificate files are checked for changes (0: only on SIGHUP).",
     ),
     opt(
         "ws-path",
-        Kind::Str,
+        ValueKind::Str,
         r#""/ws""#,
         "The HTTP path that upgrades to STOMP over WebSocket.",
     ),
     opt(
         "ws-max-message-size",
-        Kind::Int,
+        ValueKind::Int,
         "16777216",
         "Largest WebSocket message in bytes.",
     ),
     opt(
         "ws-allowed-origins",
-        Kind::List,
+        ValueKind::List,
         "[]",
         "Origins allowed to open WebSockets (e.g. https://chat.example.com); others get \
          HTTP 403. Empty allows any origin.",
     ),
     opt(
         "allow-anonymous",
-        Kind::Bool,
+        ValueKind::Bool,
         "false",
         "Allow listening on a non-loopback address without authentication configured; with \
          authentication configured, let clients without credentials in as user anonymous.",
     ),
     opt(
         "users-file",
-        Kind::Str,
+        ValueKind::Str,
         r#""""#,
         "TOML file of users with argon2 or bcrypt password hashes (see `postbox hash-password`); \
          enables login/passcode authentication.",
     ),
     opt(
         "jwt-secret",
-        Kind::Str,
+        ValueKind::Str,
         r#""""#,
         "Shared secret for HS256/HS384/HS512 tokens; enables JWT authentication. Prefer the \
          environment variable to the flag, which other users can see.",
     ),
     opt(
         "jwt-public-keys",
-        Kind::List,
+        ValueKind::List,
         "[]",
         "PEM public key files (RSA, EC or Ed25519) for RS*/PS*/ES*/EdDSA tokens.",
     ),
     opt(
         "jwt-jwks-file",
-        Kind::Str,
+        ValueKind::Str,
         r#""""#,
         "A JWKS file; keys are chosen by the token's kid.",
     ),
     opt(
         "jwt-issuers",
-        Kind::List,
+        ValueKind::List,
         "[]",
         "Accepted iss values (empty: any).",
     ),
     opt(
         "jwt-audiences",
-        Kind::List,
+        ValueKind::List,
         "[]",
         "Accepted aud values (empty: any).",
     ),
     opt(
         "jwt-leeway-s",
-        Kind::Int,
+        ValueKind::Int,
         "30",
         "Clock skew tolerated on exp and nbf, in seconds.",
     ),
     opt(
         "jwt-require-exp",
-        Kind::Bool,
+        ValueKind::Bool,
         "true",
         "Refuse tokens without exp.",
     ),
     opt(
         "jwt-user-claim",
-        Kind::Str,
+        ValueKind::Str,
         r#""sub""#,
         "The claim that names the user.",
     ),
     opt(
         "jwt-roles-claim",
-        Kind::Str,
+        ValueKind::Str,
         r#""roles""#,
         "The claim listing the user's roles (matched by acl rules).",
     ),
     opt(
         "jwt-permissions-claim",
-        Kind::Str,
+        ValueKind::Str,
         r#""scope""#,
         "The claim with read:<pattern> and write:<pattern> scopes.",
     ),
     opt(
         "jwt-query-param",
-        Kind::Str,
+        ValueKind::Str,
         r#""access_token""#,
         "Query parameter of the WebSocket URL that may carry the token, for browser clients \
          that cannot set headers (empty: none).",
     ),
     opt(
         "acl",
-        Kind::Rules,
+        ValueKind::Rules,
         "[]",
         "Access rules: [{user = \"alice\" or role = \"chat\" or user = \"*\", read = [patterns], \
          write = [patterns]}]. Patterns are destinations with * and # words, or # for all.",
     ),
     opt(
         "user-header",
-        Kind::Str,
+        ValueKind::Str,
         r#""user-id""#,
         "Header stamped on every MESSAGE with the sender's authenticated name; a value the \
          client sent is replaced.",
     ),
     opt(
         "cluster",
-        Kind::Str,
+        ValueKind::Str,
         r#""""#,
         "Redis URL (redis://host:port, rediss:// for TLS) of the cluster to join; empty runs \
          alone.",
     ),
     opt(
         "cluster-password",
-        Kind::Str,
+        ValueKind::Str,
         r#""""#,
         "Redis password, if not in the URL.",
     ),
     opt(
         "cluster-tls-ca",
-        Kind::Str,
+        ValueKind::Str,
         r#""""#,
         "PEM CA certificates to trust for rediss:// (default: the system's).",
     ),
     opt(
         "cluster-wait",
-        Kind::Bool,
+        ValueKind::Bool,
         "false",
         "At start, wait for Redis instead of failing when it cannot be reached.",
     ),
     opt(
         "cluster-prefix",
-        Kind::Str,
+        ValueKind::Str,
         r#""postbox""#,
         "Prefix of the cluster's Redis keys and channels, so clusters can share a Redis.",
     ),
     opt(
         "cluster-claim-ms",
-        Kind::Int,
+        ValueKind::Int,
         "30000",
         "Queue messages held this long by a node that stopped responding are delivered by \
          another node.",
     ),
     opt(
         "cluster-node-ttl-ms",
-        Kind::Int,
+        ValueKind::Int,
         "5000",
         "A node silent this long is considered gone; its subscribers stop counting.",
     ),
     opt(
         "cluster-store-timeout-ms",
-        Kind::Int,
+        ValueKind::Int,
         "5000",
         "How long a SEND to a cluster queue waits for Redis before it is refused.",
     ),
     opt(
         "vhosts",
-        Kind::List,
+        ValueKind::List,
         "[]",
         "Virtual hosts selected by the CONNECT host header. Empty: one host, any name accepted.",
     ),
     opt(
         "max-connections",
-        Kind::Int,
+        ValueKind::Int,
         "10000",
         "Most client connections at once; more are refused with an ERROR frame.",
     ),
     opt(
         "max-frame-size",
-        Kind::Int,
+        ValueKind::Int,
         "8454144",
         "Largest frame in bytes, headers and body together.",
     ),
     opt(
         "max-body-size",
-        Kind::Int,
+        ValueKind::Int,
         "8388608",
         "Largest frame body in bytes.",
     ),
     opt(
         "max-headers",
-        Kind::Int,
+        ValueKind::Int,
         "1000",
         "Most header lines in one frame, as RabbitMQ and ActiveMQ allow; max-header-length \
          and max-frame-size bound their bytes.",
     ),
     opt(
         "max-header-length",
-        Kind::Int,
+        ValueKind::Int,
         "16384",
         "Longest header line in bytes.",
     ),
     opt(
         "max-subscriptions",
-        Kind::Int,
+        ValueKind::Int,
         "1024",
         "Most subscriptions on one connection.",
     ),
     opt(
         "max-temp-queues",
-        Kind::Int,
+        ValueKind::Int,
         "64",
         "Most temporary queues (/temp-queue/ names, in SUBSCRIBE, SEND or reply-to) on one \
          connection; the subscriptions reply-to makes for them count against \
@@ -357,38 +357,38 @@ pub const OPTIONS: &[OptionSpec] = &[
     ),
     opt(
         "max-transactions",
-        Kind::Int,
+        ValueKind::Int,
         "64",
         "Most transactions open at once on one connection.",
     ),
     opt(
         "max-transaction-frames",
-        Kind::Int,
+        ValueKind::Int,
         "10000",
         "Most frames (SEND, ACK, NACK) staged in one transaction.",
     ),
     opt(
         "max-transaction-bytes",
-        Kind::Int,
+        ValueKind::Int,
         "16777216",
         "Most bytes (bodies and headers) of the frames staged in one transaction; past it \
          the client gets an ERROR and the transaction is dropped.",
     ),
     opt(
         "max-staged-bytes",
-        Kind::Int,
+        ValueKind::Int,
         "33554432",
         "Most bytes staged in all open transactions of one connection together.",
     ),
     opt(
         "connect-timeout-ms",
-        Kind::Int,
+        ValueKind::Int,
         "10000",
         "Time a new connection has to send CONNECT.",
     ),
     opt(
         "auth-timeout-ms",
-        Kind::Int,
+        ValueKind::Int,
         "5000",
         "Time a password check may take, waiting for its turn included; password checks \
          run one per core at a time, and a CONNECT that gets no turn in time is refused \
@@ -396,21 +396,21 @@ pub const OPTIONS: &[OptionSpec] = &[
     ),
     opt(
         "max-login-failures",
-        Kind::Int,
+        ValueKind::Int,
         "10",
         "Failed password checks allowed for one login from one address within a minute; \
          further attempts are refused unchecked until the minute is over (0: no limit).",
     ),
     opt(
         "outbound-buffer",
-        Kind::Int,
+        ValueKind::Int,
         "8388608",
         "Bytes that may wait to be written to one connection; past it the client is \
          disconnected as a slow consumer.",
     ),
     opt(
         "tcp-keepalive-s",
-        Kind::Int,
+        ValueKind::Int,
         "60",
         "Idle seconds before the kernel probes a quiet client connection; a peer that \
          answers none of 6 probes 10 s apart is closed (0: no keepalive). Finds dead \
@@ -418,14 +418,14 @@ pub const OPTIONS: &[OptionSpec] = &[
     ),
     opt(
         "outbound-stall-ms",
-        Kind::Int,
+        ValueKind::Int,
         "10000",
         "Time a connection past its outbound buffer may go without reading anything \
          before it is closed as a slow consumer; meanwhile its frames are not read.",
     ),
     opt(
         "memory-high-watermark",
-        Kind::Int,
+        ValueKind::Int,
         "0",
         "Resident memory in bytes above which publishers are paused (their SENDs wait, \
          their sockets are not read) until it falls below 95% of it; consumers keep \
@@ -433,7 +433,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     ),
     opt(
         "max-queues",
-        Kind::Int,
+        ValueKind::Int,
         "100000",
         "Most queues in one virtual host, temporary queues included; a SEND or SUBSCRIBE \
          that would create one more gets an ERROR. Idle queues (no messages, no \
@@ -441,19 +441,19 @@ pub const OPTIONS: &[OptionSpec] = &[
     ),
     opt(
         "queue-max-length",
-        Kind::Int,
+        ValueKind::Int,
         "100000",
         "Most ready messages in one queue.",
     ),
     opt(
         "queue-max-bytes",
-        Kind::Int,
+        ValueKind::Int,
         "67108864",
         "Most bytes of ready messages in one queue, headers as well as bodies.",
     ),
     opt(
         "max-queued-bytes",
-        Kind::Int,
+        ValueKind::Int,
         "0",
         "Most bytes of messages (headers and bodies, waiting or awaiting acknowledgement) \
          held by all queues of all virtual hosts together. A SEND that would pass it is \
@@ -462,83 +462,83 @@ pub const OPTIONS: &[OptionSpec] = &[
     ),
     opt(
         "queue-overflow",
-        Kind::Str,
+        ValueKind::Str,
         r#""block""#,
         "When a queue is full: block (stop reading the producer until there is room), \
          reject (ERROR to the producer) or drop-head (drop the oldest message).",
     ),
     opt(
         "queue-ttl-ms",
-        Kind::Int,
+        ValueKind::Int,
         "0",
         "Time a message may wait in a queue before it expires (0: forever). A SUBSCRIBE \
          that creates a queue may set its own with x-message-ttl.",
     ),
     opt(
         "max-deliveries",
-        Kind::Int,
+        ValueKind::Int,
         "10",
         "Deliveries after which a message that keeps coming back moves to the dead-letter \
          queue (0: never).",
     ),
     opt(
         "dead-letter-suffix",
-        Kind::Str,
+        ValueKind::Str,
         r#"".dlq""#,
         "The dead-letter queue of /queue/NAME is /queue/NAME plus this suffix.",
     ),
     opt(
         "default-prefetch",
-        Kind::Int,
+        ValueKind::Int,
         "1000",
         "Unacknowledged messages per subscription when SUBSCRIBE has no prefetch-count.",
     ),
     opt(
         "heartbeat-send-ms",
-        Kind::Int,
+        ValueKind::Int,
         "10000",
         "Shortest interval at which the server offers to send heart-beats (0: never).",
     ),
     opt(
         "heartbeat-receive-ms",
-        Kind::Int,
+        ValueKind::Int,
         "10000",
         "Shortest interval at which the server asks clients for heart-beats (0: never).",
     ),
     opt(
         "heartbeat-grace",
-        Kind::Float,
+        ValueKind::Float,
         "1.5",
         "A client silent for this many negotiated heart-beat intervals is disconnected (1 to 100).",
     ),
     opt(
         "drain-timeout-ms",
-        Kind::Int,
+        ValueKind::Int,
         "10000",
         "On SIGINT/SIGTERM, how long connections get to flush before the process exits.",
     ),
     opt(
         "lame-duck-ms",
-        Kind::Int,
+        ValueKind::Int,
         "3000",
         "On shutdown, connections are sent away one by one over this window (within the \
          drain timeout), so a cluster's clients reconnect elsewhere gradually.",
     ),
     opt(
         "log-format",
-        Kind::Str,
+        ValueKind::Str,
         r#""human""#,
         "Log format: human or json.",
     ),
     opt(
         "log-level",
-        Kind::Str,
+        ValueKind::Str,
         r#""info""#,
         "Log filter when RUST_LOG is not set (tracing-subscriber EnvFilter syntax).",
     ),
     opt(
         "node-id",
-        Kind::Str,
+        ValueKind::Str,
         r#""""#,
         "This broker's id in message ids and logs; empty picks a random one at start.",
     ),

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postbox_router::{
-    AckMode, AckTag, CloseReason, DETACH_BELOW, Destination, Kind, Outbox, QueueCache, Router,
-    Subscriber, Subscription, TempQueue, outbox,
+    AckMode, AckTag, CloseReason, DETACH_BELOW, Destination, DestinationKind, Outbox, QueueCache,
+    Router, Subscriber, Subscription, TempQueue, outbox,
 };
 use postbox_stomp::headers::names;
 use postbox_stomp::{ByteString, Command, Frame, Item, Limits, StompCodec, Version, encode};
@@ -827,7 +827,7 @@ impl Session {
         destination: &Destination,
     ) -> Result<(), SessionError> {
         let allowed = match destination.kind() {
-            Kind::TempQueue | Kind::ReplyQueue => true,
+            DestinationKind::TempQueue | DestinationKind::ReplyQueue => true,
             _ => self.principal.may(operation, destination.as_str()),
         };
         if allowed {
@@ -882,12 +882,12 @@ impl Session {
             }
             _ => frame.headers.set(user_header, self.principal.name.clone()),
         }
-        if destination.kind() == Kind::TempQueue {
+        if destination.kind() == DestinationKind::TempQueue {
             // The owner sending to its own temporary queue.
             destination = self.temp_queue(destination.name())?.reply_to().clone();
         }
         if let Some(reply_to) = frame.get(REPLY_TO)
-            && let Some(name) = reply_to.strip_prefix(Kind::TempQueue.prefix())
+            && let Some(name) = reply_to.strip_prefix(DestinationKind::TempQueue.prefix())
         {
             let name = name.to_owned();
             let routable = self.reply_queue(&name)?;
@@ -966,7 +966,7 @@ impl Session {
     /// client subscribed itself), and returns the routable name to put in `reply-to`.
     /// The subscription made here counts against `max-subscriptions` like any other.
     fn reply_queue(&mut self, name: &str) -> Result<ByteString, SessionError> {
-        let id = ByteString::from(format!("{}{name}", Kind::TempQueue.prefix()));
+        let id = ByteString::from(format!("{}{name}", DestinationKind::TempQueue.prefix()));
         let subscribed = self.subscriptions.contains_key(&id);
         if !subscribed && self.subscriptions.len() >= self.settings.max_subscriptions {
             return Err(SessionError::TooManySubscriptions(
@@ -1038,7 +1038,7 @@ impl Session {
             queue_ttl,
         };
         let subscription = match destination.kind() {
-            Kind::TempQueue => {
+            DestinationKind::TempQueue => {
                 self.temp_queue(destination.name())?;
                 let temp = &self.temp_queues[destination.name()];
                 self.router.subscribe_temp(temp, subscriber)
