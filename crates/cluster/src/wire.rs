@@ -12,10 +12,52 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postbox_router::{Destination, Message};
 use postbox_stomp::{ByteString, Headers};
 
-/// Why bytes from Redis could not be read as a message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("undecodable cluster message: {0}")]
-pub struct WireError(pub &'static str);
+/// Why bytes from Redis could not be read as a message or an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The bytes end before the named field does.
+    #[error("undecodable cluster message: truncated {0}")]
+    Truncated(WireField),
+    /// A name, value or text field is not UTF-8.
+    #[error("undecodable cluster message: text is not UTF-8")]
+    NotUtf8,
+    /// The destination is not one a client could have sent to.
+    #[error("undecodable cluster message: bad destination")]
+    BadDestination,
+    /// An envelope's first byte is no known [`EnvelopeKind`].
+    #[error("undecodable cluster message: unknown envelope kind {0}")]
+    UnknownKind(u8),
+}
+
+/// A field of the binary forms, as named in a [`WireError::Truncated`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireField {
+    /// A length-prefixed text or value.
+    Text,
+    /// The `u16` length in front of a text.
+    Length,
+    /// The header count.
+    HeaderCount,
+    /// The `u32` length in front of a header value.
+    ValueLength,
+    /// The expiry.
+    Expiry,
+    /// The kind byte of an envelope.
+    Kind,
+}
+
+impl std::fmt::Display for WireField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WireField::Text => "text",
+            WireField::Length => "length",
+            WireField::HeaderCount => "header count",
+            WireField::ValueLength => "value length",
+            WireField::Expiry => "expiry",
+            WireField::Kind => "envelope kind",
+        })
+    }
+}
 
 /// What an inbox envelope carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,17 +89,17 @@ fn put_str16(dst: &mut BytesMut, text: &str) {
 
 fn get_bytes(src: &mut Bytes, len: usize) -> Result<Bytes, WireError> {
     if src.remaining() < len {
-        return Err(WireError("truncated"));
+        return Err(WireError::Truncated(WireField::Text));
     }
     Ok(src.split_to(len))
 }
 
 fn get_str16(src: &mut Bytes) -> Result<ByteString, WireError> {
     if src.remaining() < 2 {
-        return Err(WireError("truncated length"));
+        return Err(WireError::Truncated(WireField::Length));
     }
     let len = usize::from(src.get_u16());
-    ByteString::try_from(get_bytes(src, len)?).map_err(|_| WireError("text is not UTF-8"))
+    ByteString::try_from(get_bytes(src, len)?).map_err(|_| WireError::NotUtf8)
 }
 
 /// Encodes a message with its expiry.
@@ -92,24 +134,24 @@ pub fn encode_message(message: &Message, expires_at: Option<SystemTime>) -> Byte
 pub fn decode_message(mut src: Bytes) -> Result<(Arc<Message>, Option<SystemTime>), WireError> {
     let id = get_str16(&mut src)?;
     let destination =
-        Destination::parse(&get_str16(&mut src)?).map_err(|_| WireError("bad destination"))?;
+        Destination::parse(&get_str16(&mut src)?).map_err(|_| WireError::BadDestination)?;
     if src.remaining() < 2 {
-        return Err(WireError("truncated header count"));
+        return Err(WireError::Truncated(WireField::HeaderCount));
     }
     let count = usize::from(src.get_u16());
     let mut headers = Headers::with_capacity(count);
     for _ in 0..count {
         let name = get_str16(&mut src)?;
         if src.remaining() < 4 {
-            return Err(WireError("truncated value length"));
+            return Err(WireError::Truncated(WireField::ValueLength));
         }
         let len = src.get_u32() as usize;
-        let value = ByteString::try_from(get_bytes(&mut src, len)?)
-            .map_err(|_| WireError("value is not UTF-8"))?;
+        let value =
+            ByteString::try_from(get_bytes(&mut src, len)?).map_err(|_| WireError::NotUtf8)?;
         headers.push(name, value);
     }
     if src.remaining() < 8 {
-        return Err(WireError("truncated expiry"));
+        return Err(WireError::Truncated(WireField::Expiry));
     }
     let expiry_ms = src.get_u64();
     let expires_at = (expiry_ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(expiry_ms));
@@ -131,13 +173,13 @@ pub fn encode_envelope(kind: EnvelopeKind, vhost: &str, payload: &[u8]) -> Bytes
 /// Unwraps an inbox payload.
 pub fn decode_envelope(mut src: Bytes) -> Result<Envelope, WireError> {
     if src.remaining() < 1 {
-        return Err(WireError("empty envelope"));
+        return Err(WireError::Truncated(WireField::Kind));
     }
     let kind = match src.get_u8() {
         1 => EnvelopeKind::Topic,
         2 => EnvelopeKind::Reply,
         3 => EnvelopeKind::Doorbell,
-        _ => return Err(WireError("unknown envelope kind")),
+        other => return Err(WireError::UnknownKind(other)),
     };
     let vhost = get_str16(&mut src)?.to_string();
     Ok(Envelope {
@@ -210,6 +252,31 @@ mod tests {
         for len in 0..wire.len() - message().body().len() {
             assert!(decode_message(wire.slice(..len)).is_err(), "length {len}");
         }
-        assert!(decode_envelope(Bytes::from_static(&[9, 0, 0])).is_err());
+        assert_eq!(
+            decode_envelope(Bytes::from_static(&[9, 0, 0])).unwrap_err(),
+            WireError::UnknownKind(9)
+        );
+        assert_eq!(
+            decode_envelope(Bytes::new()).unwrap_err(),
+            WireError::Truncated(WireField::Kind)
+        );
+    }
+
+    #[test]
+    fn a_truncation_names_the_field_it_cut() {
+        let wire = encode_message(&message(), None);
+        assert_eq!(
+            decode_message(wire.slice(..1)).unwrap_err(),
+            WireError::Truncated(WireField::Length)
+        );
+        assert_eq!(
+            decode_message(wire.slice(..3)).unwrap_err(),
+            WireError::Truncated(WireField::Text)
+        );
+        let without_body = wire.len() - message().body().len();
+        assert_eq!(
+            decode_message(wire.slice(..without_body - 1)).unwrap_err(),
+            WireError::Truncated(WireField::Expiry)
+        );
     }
 }
