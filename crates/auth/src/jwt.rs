@@ -88,10 +88,25 @@ impl std::fmt::Debug for JwtKey {
     }
 }
 
-/// A key that could not be loaded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct KeyError(pub String);
+/// Why verification keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The PEM holds no RSA, EC or Ed25519 public key.
+    #[error("not an RSA, EC or Ed25519 public key in PEM: {0}")]
+    Pem(jsonwebtoken::errors::Error),
+    /// The text is not a JWKS document.
+    #[error("not a JWKS document: {0}")]
+    NotJwks(serde_json::Error),
+    /// A key of the JWKS document cannot be used.
+    #[error("unusable JWK: {0}")]
+    Jwk(jsonwebtoken::errors::Error),
+    /// Every key of the JWKS document names an algorithm that cannot sign tokens.
+    #[error("the JWKS document has no usable signing keys")]
+    NoUsableJwk,
+    /// A verifier was asked for with no keys at all.
+    #[error("no JWT verification keys configured")]
+    NoKeys,
+}
 
 impl JwtKey {
     /// A shared secret for HS256, HS384 and HS512.
@@ -108,7 +123,7 @@ impl JwtKey {
         let key = DecodingKey::from_rsa_pem(pem)
             .or_else(|_| DecodingKey::from_ec_pem(pem))
             .or_else(|_| DecodingKey::from_ed_pem(pem))
-            .map_err(|e| KeyError(format!("not an RSA, EC or Ed25519 public key in PEM: {e}")))?;
+            .map_err(KeyError::Pem)?;
         Ok(JwtKey {
             kid: None,
             algorithms: key.family().algorithms().to_vec(),
@@ -118,12 +133,10 @@ impl JwtKey {
 
     /// Every key of a JWKS document, selected later by `kid`.
     pub fn from_jwks(json: &str) -> Result<Vec<JwtKey>, KeyError> {
-        let set: JwkSet = serde_json::from_str(json)
-            .map_err(|e| KeyError(format!("not a JWKS document: {e}")))?;
+        let set: JwkSet = serde_json::from_str(json).map_err(KeyError::NotJwks)?;
         let mut keys = Vec::new();
         for jwk in &set.keys {
-            let key =
-                DecodingKey::from_jwk(jwk).map_err(|e| KeyError(format!("unusable JWK: {e}")))?;
+            let key = DecodingKey::from_jwk(jwk).map_err(KeyError::Jwk)?;
             let algorithms = match jwk.common.key_algorithm.map(Algorithm::try_from) {
                 Some(Ok(algorithm)) => vec![algorithm],
                 Some(Err(_)) => continue,
@@ -136,9 +149,7 @@ impl JwtKey {
             });
         }
         if keys.is_empty() {
-            return Err(KeyError(
-                "the JWKS document has no usable signing keys".into(),
-            ));
+            return Err(KeyError::NoUsableJwk);
         }
         Ok(keys)
     }
@@ -207,7 +218,7 @@ impl JwtVerifier {
     /// A verifier; at least one key is needed.
     pub fn new(keys: Vec<JwtKey>, settings: JwtSettings) -> Result<JwtVerifier, KeyError> {
         if keys.is_empty() {
-            return Err(KeyError("no JWT verification keys configured".into()));
+            return Err(KeyError::NoKeys);
         }
         Ok(JwtVerifier { keys, settings })
     }
