@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use postbox_spec_tests::*;
-use postbox_testkit::certs::temp_dir;
+use postbox_testkit::certs::{TempDir, temp_dir};
 use postbox_testkit::client::Received;
 use serde_json::{Value, json};
 
@@ -51,8 +51,9 @@ fn hs256(claims: &Value) -> String {
     .unwrap()
 }
 
-/// An RSA key pair made with openssl for this test: (private PEM, public key file).
-fn rsa_keys() -> (Vec<u8>, PathBuf) {
+/// An RSA key pair made with openssl for this test: (private PEM, public key file, the
+/// directory holding it, removed when dropped).
+fn rsa_keys() -> (Vec<u8>, PathBuf, TempDir) {
     let dir = temp_dir("postbox-spec-rsa");
     let private = dir.join("private.pem");
     let public = dir.join("public.pem");
@@ -80,13 +81,13 @@ fn rsa_keys() -> (Vec<u8>, PathBuf) {
         .unwrap()
         .success();
     assert!(ok, "openssl pkey -pubout failed");
-    (std::fs::read(private).unwrap(), public)
+    (std::fs::read(private).unwrap(), public, dir)
 }
 
 struct Secured {
     target: Target,
     /// The RSA key pair, for the tests that ask for one (generating it is slow).
-    rsa: Option<(Vec<u8>, PathBuf)>,
+    rsa: Option<(Vec<u8>, PathBuf, TempDir)>,
 }
 
 /// Postbox with JWT authentication (HS256, and RS256 with `rsa`); `None` against
@@ -98,7 +99,7 @@ fn secured_with(extra: &[&str], rsa: bool) -> Option<Secured> {
     let rsa = rsa.then(rsa_keys);
     let public = rsa
         .as_ref()
-        .map(|(_, public)| public.to_str().unwrap().to_owned());
+        .map(|(_, public, _)| public.to_str().unwrap().to_owned());
     let acl = r#"[{role = "chat", read = ["/topic/chat.#"], write = ["/topic/chat.#"]}]"#;
     let mut args = vec!["--jwt-secret", SECRET];
     if let Some(public) = &public {
@@ -169,7 +170,7 @@ async fn rs256_tokens_verify_with_the_configured_public_key() {
     let Some(s) = secured_with(&[], true) else {
         return;
     };
-    let (private, _) = s.rsa.as_ref().unwrap();
+    let (private, _, _) = s.rsa.as_ref().unwrap();
     let key = EncodingKey::from_rsa_pem(private).unwrap();
     let token = encode(&Header::new(Algorithm::RS256), &claims(json!({})), &key).unwrap();
     connect_with_token(&s.target, &token)

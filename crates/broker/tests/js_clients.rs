@@ -40,6 +40,8 @@ fn node(script: &str, url: &str, env: &[(&str, &Path)]) {
 struct Secure {
     broker: Broker,
     ca_file: PathBuf,
+    /// Holds the certificates; removed when the test ends.
+    _dir: certs::TempDir,
 }
 
 fn start_secure() -> Secure {
@@ -57,7 +59,11 @@ fn start_secure() -> Secure {
         "--tls-key",
         key.to_str().unwrap(),
     ]);
-    Secure { broker, ca_file }
+    Secure {
+        broker,
+        ca_file,
+        _dir: dir,
+    }
 }
 
 #[test]
