@@ -148,15 +148,6 @@ pub fn localhost() -> ServerName<'static> {
 #[derive(Debug)]
 pub struct TempDir(PathBuf);
 
-impl TempDir {
-    /// Gives up the removal: the directory outlives this value.
-    pub fn keep(self) -> PathBuf {
-        let path = self.0.clone();
-        std::mem::forget(self);
-        path
-    }
-}
-
 impl std::ops::Deref for TempDir {
     type Target = Path;
 

@@ -3,9 +3,10 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::certs::{TempDir, temp_dir};
 
 /// A running `redis-server`; stopped when dropped.
 #[derive(Debug)]
@@ -13,17 +14,17 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Its port on 127.0.0.1.
     pub port: u16,
-    dir: PathBuf,
+    /// Its data; removed after the server is stopped.
+    dir: TempDir,
 }
 
 impl RedisServer {
     /// Starts a server on a free port.
     pub fn start() -> RedisServer {
-        // The server removes its directory when dropped.
         let mut server = RedisServer {
             child: None,
             port: 0,
-            dir: crate::certs::temp_dir("postbox-redis").keep(),
+            dir: temp_dir("postbox-redis"),
         };
         for _ in 0..10 {
             server.port = free_port();
@@ -44,7 +45,7 @@ impl RedisServer {
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
-            .arg(&self.dir)
+            .arg(self.dir.as_os_str())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -106,7 +107,6 @@ impl Drop for RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
