@@ -5,6 +5,7 @@
 //! or a query parameter of the WebSocket upgrade for browser clients that cannot set
 //! headers. Without a token, `login` and `passcode` are checked against the users file.
 
+pub use crate::error::AuthError;
 use crate::jwt::{JwtVerifier, TokenError};
 use crate::permissions::{Operation, Permissions, Rules};
 use crate::users::Users;
@@ -60,38 +61,6 @@ pub struct Credentials<'a> {
     pub bearer: Option<&'a str>,
     /// A token from the WebSocket upgrade's query string.
     pub query_token: Option<&'a str>,
-}
-
-/// Why authentication failed. The precise reason is for logs; clients only learn that
-/// authentication failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    /// Nothing to check and anonymous access is off.
-    #[error("no credentials given and anonymous access is disabled")]
-    NoCredentials,
-    /// The login names no user.
-    #[error("unknown user '{0}'")]
-    UnknownUser(String),
-    /// The password does not match.
-    #[error("wrong password for user '{0}'")]
-    WrongPassword(String),
-    /// A login and password, but no users file is configured.
-    #[error("password login attempted but no users are configured")]
-    PasswordsNotConfigured,
-    /// A token, but no JWT keys are configured.
-    #[error("token presented but JWT authentication is not configured")]
-    TokensNotConfigured,
-    /// The token was refused.
-    #[error("token refused: {0}")]
-    Token(#[from] TokenError),
-    /// A refreshed token names someone else.
-    #[error("refreshed token is for '{now}', not '{was}'")]
-    SubjectChanged {
-        /// The session's user.
-        was: String,
-        /// The new token's user.
-        now: String,
-    },
 }
 
 /// Decides who may connect and with which permissions.

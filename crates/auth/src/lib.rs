@@ -12,12 +12,14 @@
 #![deny(missing_docs)]
 
 pub mod authenticator;
+pub mod error;
 pub mod jwt;
 pub mod pattern;
 pub mod permissions;
 pub mod users;
 
-pub use authenticator::{AuthError, Authenticator, Credentials, Method, Principal};
+pub use authenticator::{Authenticator, Credentials, Method, Principal};
+pub use error::AuthError;
 pub use jwt::{JwtKey, JwtSettings, JwtVerifier, TokenError};
 pub use pattern::DestinationPattern;
 pub use permissions::{Operation, Permissions, RuleSpec, Rules};
