@@ -32,8 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Config;
 use crate::auth::AuthHandle;
-use crate::session::{Context, Peer, Settings, serve};
-use crate::state::{BrokerState, StateParts};
+use crate::session::{Context, Peer, Services, Settings, serve};
 use crate::vhost::Vhosts;
 
 /// Client connections a script can hold open at once.
@@ -490,19 +489,14 @@ fn config_for(setup: &Setup) -> Config {
 impl World {
     fn new(setup: &Setup) -> World {
         let config = config_for(setup);
-        let state = BrokerState::new(StateParts {
-            settings: Settings::from_config(&config, "fuzz"),
-            vhosts: Vhosts::new(&config, "fuzz"),
-            auth: AuthHandle::load(&config).expect("auth"),
-            certs: None,
-            cluster: None,
-            metrics_queue_top: 4,
-            admin_token: Default::default(),
-            admin_role: "admin".into(),
-        });
+        let services = Arc::new(Services::new(
+            Settings::from_config(&config, "fuzz"),
+            Vhosts::new(&config, "fuzz"),
+            AuthHandle::load(&config).expect("auth"),
+        ));
         World {
             context: Context {
-                state,
+                services,
                 shutdown: CancellationToken::new(),
             },
             slots: (0..SLOTS).map(|_| None).collect(),
@@ -518,8 +512,8 @@ impl World {
         }
     }
 
-    fn state(&self) -> &Arc<BrokerState> {
-        &self.context.state
+    fn services(&self) -> &Arc<Services> {
+        &self.context.services
     }
 
     fn open(&self, pipe: usize) -> (DuplexStream, JoinHandle<()>) {
@@ -1018,11 +1012,11 @@ impl World {
             }
         }
         assert!(
-            self.state().registry.is_empty(),
+            self.services().registry.is_empty(),
             "sessions still registered after they ended"
         );
         let router = self
-            .state()
+            .services()
             .vhosts
             .select(Some("/"))
             .expect("the default host");

@@ -19,12 +19,12 @@ use tracing::{debug, info, warn};
 use crate::Config;
 use crate::auth::AuthHandle;
 use crate::http;
+use crate::http::upgrade::{self, Accepted, WsSettings};
 use crate::metrics::DisconnectReason;
 use crate::session::{self, Context, Peer, SessionError, Settings};
 use crate::state::{BrokerState, StateParts};
 use crate::transport::Transport;
 use crate::transport::tls::{CertStore, TlsError};
-use crate::transport::ws::{self, Accepted, WsSettings};
 use crate::vhost::Vhosts;
 
 /// How often resident memory is sampled for the memory alarm.
@@ -159,6 +159,9 @@ pub struct Running {
 /// What every accept loop shares.
 #[derive(Clone)]
 struct Shared {
+    /// The broker state, for readiness, HTTP and the WebSocket handshake.
+    state: Arc<BrokerState>,
+    /// What each session gets.
     context: Context,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
@@ -216,8 +219,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     });
     let shutdown = CancellationToken::new();
     let shared = Shared {
+        state: state.clone(),
         context: Context {
-            state: state.clone(),
+            services: state.sessions.clone(),
             shutdown: shutdown.clone(),
         },
         permits: Arc::new(Semaphore::new(config.max_connections)),
@@ -258,10 +262,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .spawn(shared.clone().accept_loop(listener, transport));
     }
     state
+        .sessions
         .memory
         .set_limit(crate::memory::watermark(config.memory_high_watermark));
     tokio::spawn(
         state
+            .sessions
             .memory
             .clone()
             .watch(Duration::from_millis(MEMORY_SAMPLE_MS), shutdown.clone()),
@@ -317,7 +323,7 @@ impl Running {
         }
         let authenticator = AuthHandle::prepare(&applied).map_err(ReloadError::Auth)?;
         if let Some(refusal) = reload_refusal(
-            (&self.config, self.state.auth.current().is_open()),
+            (&self.config, self.state.sessions.auth.current().is_open()),
             (&applied, authenticator.is_open()),
             &self.listening,
         ) {
@@ -343,11 +349,13 @@ impl Running {
             }
         }
         self.state
+            .sessions
             .set_settings(Settings::from_config(&applied, &self.node_id));
         self.state
+            .sessions
             .memory
             .set_limit(crate::memory::watermark(applied.memory_high_watermark));
-        self.state.auth.install(authenticator);
+        self.state.sessions.auth.install(authenticator);
         self.config = applied;
         for (name, old, new) in &changed {
             if crate::config::reloadable(name) {
@@ -373,7 +381,7 @@ impl Running {
         let drain = self.config.drain_timeout();
         let window = Duration::from_millis(self.config.lame_duck_ms).min(drain);
         self.tracker.close();
-        let sessions = self.state.registry.all();
+        let sessions = self.state.sessions.registry.all();
         if !sessions.is_empty() && !window.is_zero() {
             info!(
                 sessions = sessions.len(),
@@ -420,7 +428,7 @@ impl Shared {
                 _ = self.context.shutdown.cancelled() => return,
                 accepted = listener.accept() => accepted,
             };
-            if !self.context.state.ready.load(Ordering::Acquire) {
+            if !self.state.ready.load(Ordering::Acquire) {
                 // Lame duck: no new sessions while the old ones are sent away.
                 return;
             }
@@ -438,18 +446,18 @@ impl Shared {
                 }
             };
             let _ = stream.set_nodelay(true);
-            if let Some(idle) = self.context.state.settings().tcp_keepalive {
+            if let Some(idle) = self.state.sessions.settings().tcp_keepalive {
                 set_keepalive(&stream, idle);
             }
             if transport == Transport::Http {
-                let state = self.context.state.clone();
+                let state = self.state.clone();
                 // connect-timeout-ms, as reloaded last.
-                let timeout = self.context.state.settings().connect_timeout;
+                let timeout = self.state.sessions.settings().connect_timeout;
                 self.tracker
                     .spawn(async move { http::serve(stream, &state, timeout).await });
                 continue;
             }
-            self.context.state.metrics.connected(transport.name());
+            self.state.sessions.metrics.connected(transport.name());
             let permit = self.permits.clone().try_acquire_owned();
             let shared = self.clone();
             self.tracker.spawn(async move {
@@ -507,7 +515,7 @@ impl Shared {
         peer: SocketAddr,
     ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
         let acceptor = self.tls.as_ref()?;
-        let timeout = self.context.state.settings().connect_timeout;
+        let timeout = self.state.sessions.settings().connect_timeout;
         match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => Some(tls),
             Ok(Err(error)) => {
@@ -525,7 +533,7 @@ impl Shared {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        match ws::accept(stream, &self.ws, &self.context.state).await {
+        match upgrade::accept(stream, &self.ws, &self.state).await {
             Ok(Accepted::WebSocket(request)) => {
                 debug!(peer = %peer.addr, protocol = ?request.protocol, "WebSocket upgraded");
                 let request = *request;
@@ -555,10 +563,10 @@ impl Shared {
 
     /// Tells a client past the connection limit why it is refused, in its transport.
     async fn refuse_over_limit(&self, stream: TcpStream, transport: Transport) {
-        let limit = self.context.state.settings().max_connections;
+        let limit = self.state.sessions.settings().max_connections;
         let error = SessionError::TooManyConnections(limit);
-        self.context
-            .state
+        self.state
+            .sessions
             .metrics
             .disconnected(DisconnectReason::ConnectionLimit);
         match transport {
@@ -612,7 +620,12 @@ async fn purge_expired(state: Arc<BrokerState>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        let purged: usize = state.vhosts.routers().map(|r| r.purge_expired()).sum();
+        let purged: usize = state
+            .sessions
+            .vhosts
+            .routers()
+            .map(|r| r.purge_expired())
+            .sum();
         if purged > 0 {
             tracing::debug!(purged, "expired messages freed");
         }

@@ -1,33 +1,23 @@
-//! What the whole broker shares: the virtual hosts, the open sessions, counters, the
-//! cluster relay, TLS and authentication, and the settings new sessions start with.
+//! What the whole broker shares: the sessions' services (virtual hosts, open sessions,
+//! authentication, counters, settings), and what only the server and the HTTP side use
+//! (TLS, the cluster relay, readiness, the admin API's credentials).
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, RwLock};
 
 use postbox_cluster::ClusterRelay;
 
 use crate::auth::AuthHandle;
 use crate::config::{Secret, secret};
-use crate::login::LoginGate;
-use crate::memory::MemoryAlarm;
-use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::session::Settings;
+use crate::session::{Services, Settings};
 use crate::transport::tls::CertStore;
 use crate::vhost::Vhosts;
 
 /// The broker's shared state. Its `Debug` masks the admin token.
 pub struct BrokerState {
-    settings: RwLock<Arc<Settings>>,
-    /// The routers of all virtual hosts.
-    pub vhosts: Arc<Vhosts>,
-    /// Open sessions.
-    pub registry: Arc<Registry>,
-    /// Counters and the Prometheus rendering.
-    pub metrics: Metrics,
-    /// Authentication, reloadable.
-    pub auth: Arc<AuthHandle>,
+    /// What every session uses; sessions get this, not the whole state.
+    pub sessions: Arc<Services>,
     /// The TLS certificate, when a TLS listener is configured.
     pub certs: Option<Arc<CertStore>>,
     /// The cluster relay, when clustered.
@@ -36,12 +26,12 @@ pub struct BrokerState {
     pub ready: Arc<AtomicBool>,
     /// The admin API's static token, if configured.
     pub admin_token: Option<String>,
-    /// Pauses publishers while resident memory is above the high-watermark.
-    pub memory: Arc<MemoryAlarm>,
     /// The token role that grants the admin API.
     pub admin_role: String,
-    /// Admits password checks a few at a time.
-    pub logins: LoginGate,
+    /// How many queues the per-queue metric series cover at most (the deepest ones).
+    pub metrics_queue_top: usize,
+    /// Unix time the process started.
+    pub started: u64,
 }
 
 /// The parts [`BrokerState::new`] needs.
@@ -69,44 +59,23 @@ impl BrokerState {
     /// Assembles the state.
     pub fn new(parts: StateParts) -> Arc<BrokerState> {
         Arc::new(BrokerState {
-            settings: RwLock::new(Arc::new(parts.settings)),
-            vhosts: Arc::new(parts.vhosts),
-            registry: Arc::default(),
-            metrics: Metrics::new(parts.metrics_queue_top),
-            auth: parts.auth,
+            sessions: Arc::new(Services::new(parts.settings, parts.vhosts, parts.auth)),
             certs: parts.certs,
             cluster: parts.cluster,
             ready: Arc::new(AtomicBool::new(true)),
             admin_token: (!parts.admin_token.is_empty())
                 .then(|| parts.admin_token.expose().to_owned()),
-            memory: Arc::default(),
             admin_role: parts.admin_role,
-            logins: LoginGate::per_core(),
+            metrics_queue_top: parts.metrics_queue_top,
+            started: crate::auth::now(),
         })
-    }
-
-    /// The settings a session starting now gets.
-    pub fn settings(&self) -> Arc<Settings> {
-        self.settings
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Replaces the settings for sessions that start from now on.
-    pub fn set_settings(&self, settings: Settings) {
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
     }
 }
 
 impl fmt::Debug for BrokerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BrokerState")
-            .field("settings", &self.settings)
-            .field("vhosts", &self.vhosts)
-            .field("registry", &self.registry)
-            .field("metrics", &self.metrics)
-            .field("auth", &self.auth)
+            .field("sessions", &self.sessions)
             .field("certs", &self.certs)
             .field("cluster", &self.cluster)
             .field("ready", &self.ready)

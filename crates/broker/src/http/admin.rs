@@ -33,15 +33,21 @@ pub fn handle(state: &BrokerState, request: &Request) -> Response {
             ]}),
         ),
         ("GET", ["connections"]) => {
-            let connections: Vec<Value> = state.registry.all().iter().map(|c| c.json()).collect();
+            let connections: Vec<Value> = state
+                .sessions
+                .registry
+                .all()
+                .iter()
+                .map(|c| c.json())
+                .collect();
             Response::json(200, &json!({"connections": connections}))
         }
-        ("GET", ["connections", id]) => match state.registry.get(id) {
+        ("GET", ["connections", id]) => match state.sessions.registry.get(id) {
             Some(connection) => Response::json(200, &connection.json()),
             None => not_found(id),
         },
         ("POST", ["connections", id, "close"]) | ("DELETE", ["connections", id]) => {
-            match state.registry.get(id) {
+            match state.sessions.registry.get(id) {
                 Some(connection) => {
                     connection.close();
                     tracing::info!(session = id, "connection closed by an operator");
@@ -68,7 +74,7 @@ fn authorize(state: &BrokerState, request: &Request) -> Result<(), Response> {
         .and_then(|v| v.trim().split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
-    let authenticator = state.auth.current();
+    let authenticator = state.sessions.auth.current();
     if state.admin_token.is_none() && !authenticator.accepts_tokens() {
         return Err(Response::json(
             403,
@@ -119,7 +125,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn destinations(state: &BrokerState) -> Value {
     let mut out = Vec::new();
-    for router in state.vhosts.routers() {
+    for router in state.sessions.vhosts.routers() {
         let vhost = router.vhost();
         let topics = router.topic_subscriptions().into_iter();
         let queues = router
@@ -145,7 +151,7 @@ fn destinations(state: &BrokerState) -> Value {
 fn queues(state: &BrokerState) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     let mut out = Vec::new();
-    for router in state.vhosts.routers() {
+    for router in state.sessions.vhosts.routers() {
         for queue in router.queues() {
             let (ready, unacked) = queue.depth();
             let stats = queue.stats();

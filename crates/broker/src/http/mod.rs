@@ -13,6 +13,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::state::BrokerState;
 
 pub mod admin;
+pub mod scrape;
+pub mod upgrade;
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 16 * 1024;
@@ -248,7 +250,7 @@ pub fn handle(state: &BrokerState, request: &Request) -> Response {
             status: 200,
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
             headers: Vec::new(),
-            body: state.metrics.render(state).into_bytes(),
+            body: scrape::render(state).into_bytes(),
         },
         (_, path) if path == "/admin" || path.starts_with("/admin/") => {
             admin::handle(state, request)
@@ -282,7 +284,7 @@ fn readiness(state: &BrokerState) -> Response {
     {
         return Response::text(503, "not ready: Redis is unreachable\n");
     }
-    if state.memory.is_raised() {
+    if state.sessions.memory.is_raised() {
         return Response::text(
             503,
             "not ready: memory alarm (resident memory above memory-high-watermark); publishers are paused\n",

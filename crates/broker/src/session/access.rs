@@ -30,7 +30,7 @@ pub(super) async fn authenticate(
     connect: &Frame,
     peer: &Peer,
 ) -> Result<Principal, SessionError> {
-    let authenticator = context.state.auth.current();
+    let authenticator = context.services.auth.current();
     let credentials = Credentials {
         login: connect.get(names::LOGIN),
         passcode: connect.get(names::PASSCODE),
@@ -45,8 +45,8 @@ pub(super) async fn authenticate(
                 SessionError::AuthenticationFailed
             });
     }
-    let settings = context.state.settings();
-    let gate = &context.state.logins;
+    let settings = context.services.settings();
+    let gate = &context.services.logins;
     let who = Who {
         ip: peer.ip,
         login: credentials.login.unwrap_or_default(),

@@ -6,7 +6,6 @@ use postbox_stomp::headers::names;
 use postbox_stomp::{ByteString, Command, Frame, Version};
 
 use super::headers::{missing, required};
-use super::transaction::Staged;
 use super::{Flow, Session, SessionError, error};
 
 /// An ACK or NACK, resolved.
@@ -33,7 +32,7 @@ impl Session {
         match frame.headers.get_shared(names::TRANSACTION) {
             Some(transaction) => {
                 let transaction = transaction.clone();
-                self.stage(&transaction, Staged::Ack(resolved))?;
+                self.stage_ack(&transaction, resolved)?;
             }
             None => self.apply_ack(resolved)?,
         }

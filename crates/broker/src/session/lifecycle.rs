@@ -24,15 +24,15 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let settings = context.state.settings();
-    let metrics = &context.state.metrics;
+    let settings = context.services.settings();
+    let metrics = &context.services.metrics;
     let traffic = Arc::new(Traffic::default());
     let mut reader = FrameReader::new(
         read,
         StompCodec::new(Version::V1_2, settings.limits),
         traffic.clone(),
     )
-    .with_memory_alarm(context.state.memory.clone());
+    .with_memory_alarm(context.services.memory.clone());
     // Refuses a connection that never became a session, and counts why.
     macro_rules! refuse {
         ($error:expr, $receipt:expr) => {{
@@ -66,7 +66,7 @@ where
         let receipt = connect.get(names::RECEIPT);
         refuse!(SessionError::ExpectedConnect(connect.command), receipt);
     }
-    let negotiated = match connect::negotiate(&connect, &settings, &context.state.vhosts) {
+    let negotiated = match connect::negotiate(&connect, &settings, &context.services.vhosts) {
         Ok(negotiated) => negotiated,
         Err(error) => refuse!(error, None),
     };
@@ -85,7 +85,7 @@ where
     tracing::Span::current().record("session", session_id.as_str());
     let _ = outbox.send_frame(connect::connected(&negotiated, &session_id, &settings));
     let goodbye = context.shutdown.child_token();
-    let registered = context.state.registry.open(Opening {
+    let registered = context.services.registry.open(Opening {
         id: session_id.clone(),
         peer: peer.addr.clone(),
         transport: peer.transport,
@@ -113,9 +113,9 @@ where
         staged_bytes: 0,
         temp_queues: HashMap::new(),
         principal,
-        auth: context.state.auth.clone(),
+        auth: context.services.auth.clone(),
         connection: registered.connection.clone(),
-        memory: context.state.memory.clone(),
+        memory: context.services.memory.clone(),
     };
     let writer = Writer::new(
         write,

@@ -13,6 +13,7 @@
 mod access;
 mod ack;
 mod connect;
+mod context;
 mod error;
 mod headers;
 mod lifecycle;
@@ -33,40 +34,16 @@ use postbox_auth::Principal;
 use postbox_router::{Outbox, QueueCache, Router, Subscription, TempQueue};
 use postbox_stomp::{ByteString, Command, Frame, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field, info_span};
 
 use crate::auth::AuthHandle;
 use crate::memory::MemoryAlarm;
 use crate::registry::Connection;
-use crate::state::BrokerState;
+pub use context::{Context, Peer, Services};
 pub use error::SessionError;
 pub(crate) use lifecycle::refuse;
 pub use settings::Settings;
 use transaction::Transaction;
-
-/// What a session needs from the server around it.
-#[derive(Debug, Clone)]
-pub struct Context {
-    /// The broker's shared state.
-    pub state: Arc<BrokerState>,
-    /// Cancelled when the broker shuts down; each session watches a child of it, which
-    /// lame-duck shutdown cancels one by one.
-    pub shutdown: CancellationToken,
-}
-
-/// Where a connection comes from.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    /// The remote address, for logs.
-    pub addr: String,
-    /// The remote IP address, which failed logins are counted by; `None` in process.
-    pub ip: Option<std::net::IpAddr>,
-    /// The transport's name, for logs.
-    pub transport: &'static str,
-    /// A token from the WebSocket URL's query string.
-    pub query_token: Option<String>,
-}
 
 /// Serves one connection until it ends.
 pub async fn serve<R, W>(read: R, write: W, context: Context, peer: Peer)

@@ -7,7 +7,6 @@ use postbox_stomp::Frame;
 use postbox_stomp::headers::names;
 
 use super::headers::required;
-use super::transaction::Staged;
 use super::{Flow, Session, SessionError};
 
 /// Where a requester wants replies.
@@ -55,7 +54,7 @@ impl Session {
             } else {
                 frame
             };
-            self.stage(&transaction, Staged::Send(destination.detached(), frame))?;
+            self.stage_send(&transaction, destination.detached(), frame)?;
             return Ok(Flow::Continue);
         }
         self.router

@@ -13,10 +13,9 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
-use super::{Context, Peer, Settings, serve};
+use super::{Context, Peer, Services, Settings, serve};
 use crate::Config;
 use crate::auth::AuthHandle;
-use crate::state::{BrokerState, StateParts};
 use crate::vhost::Vhosts;
 
 /// A broker without listeners: sessions are served straight over pipes.
@@ -26,26 +25,21 @@ struct Broker {
 
 impl Broker {
     fn new(config: Config) -> Broker {
-        let state = BrokerState::new(StateParts {
-            settings: Settings::from_config(&config, "test"),
-            vhosts: Vhosts::new(&config, "test"),
-            auth: AuthHandle::load(&config).expect("auth"),
-            certs: None,
-            cluster: None,
-            metrics_queue_top: 20,
-            admin_token: Default::default(),
-            admin_role: "admin".into(),
-        });
+        let services = Arc::new(Services::new(
+            Settings::from_config(&config, "test"),
+            Vhosts::new(&config, "test"),
+            AuthHandle::load(&config).expect("auth"),
+        ));
         Broker {
             context: Context {
-                state,
+                services,
                 shutdown: CancellationToken::new(),
             },
         }
     }
 
-    fn state(&self) -> &Arc<BrokerState> {
-        &self.context.state
+    fn services(&self) -> &Arc<Services> {
+        &self.context.services
     }
 
     /// A new connection whose pipe buffers `pipe` bytes each way.
@@ -129,7 +123,7 @@ async fn a_client_that_asks_for_receipts_and_never_reads_is_held_back_then_close
     const LIMIT: usize = 16 * 1024;
     let broker = Broker::new(small_outbound(LIMIT));
     let (mut client, session) = broker.connected(4096).await;
-    let connection = broker.state().registry.all().pop().expect("registered");
+    let connection = broker.services().registry.all().pop().expect("registered");
     // Up to 40 MiB of frames that each ask for a RECEIPT; the client never reads.
     let frame = "SEND\ndestination:/topic/void\nreceipt:a-receipt-id-of-some-length\n\n\0";
     let mut sent = 0usize;
@@ -162,7 +156,7 @@ async fn a_client_that_asks_for_receipts_and_never_reads_is_held_back_then_close
         .await
         .expect("closed as a slow consumer")
         .unwrap();
-    assert!(broker.state().registry.is_empty());
+    assert!(broker.services().registry.is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -294,7 +288,7 @@ async fn the_memory_alarm_pauses_publishers_while_consumers_drain() {
         .await;
     assert_eq!(&consumer.message().await.body[..], b"before");
 
-    let alarm = &broker.state().memory;
+    let alarm = &broker.services().memory;
     alarm.set_limit(1000);
     alarm.update(2000);
     publisher
@@ -320,8 +314,8 @@ async fn the_memory_alarm_pauses_publishers_while_consumers_drain() {
 async fn the_memory_alarm_stops_reading_a_large_frame_half_sent() {
     let broker = Broker::new(Config::defaults());
     let (mut publisher, _p) = broker.connected(16 * 1024).await;
-    let connection = broker.state().registry.all().pop().expect("registered");
-    let alarm = broker.state().memory.clone();
+    let connection = broker.services().registry.all().pop().expect("registered");
+    let alarm = broker.services().memory.clone();
     alarm.set_limit(1000);
     alarm.update(2000);
     // 4 MiB of a frame's body, within max-frame-size, and no end yet.
@@ -379,7 +373,7 @@ async fn an_auto_ack_delivery_written_in_full_is_not_handed_back_when_a_later_wr
         .expect("the session ends")
         .unwrap();
     let queue = broker
-        .state()
+        .services()
         .vhosts
         .select(Some("/"))
         .unwrap()

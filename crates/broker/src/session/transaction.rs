@@ -11,7 +11,7 @@ use super::{Flow, Session, SessionError, error};
 
 /// A frame held back until its transaction commits.
 #[derive(Debug)]
-pub(super) enum Staged {
+enum Staged {
     /// A SEND, already checked and rewritten.
     Send(Destination, Frame),
     /// An ACK or NACK resolved to its subscription and delivery tag.
@@ -61,11 +61,26 @@ impl Session {
 
     /// Holds a SEND, ACK or NACK back until its transaction commits. Past a limit the
     /// transaction is dropped at once (its memory freed) and the client gets an ERROR.
-    pub(super) fn stage(
+    /// Holds a SEND back until its transaction commits.
+    pub(super) fn stage_send(
         &mut self,
         transaction: &ByteString,
-        staged: Staged,
+        destination: Destination,
+        frame: Frame,
     ) -> Result<(), SessionError> {
+        self.stage(transaction, Staged::Send(destination, frame))
+    }
+
+    /// Holds an ACK or NACK back until its transaction commits.
+    pub(super) fn stage_ack(
+        &mut self,
+        transaction: &ByteString,
+        ack: Acknowledgement,
+    ) -> Result<(), SessionError> {
+        self.stage(transaction, Staged::Ack(ack))
+    }
+
+    fn stage(&mut self, transaction: &ByteString, staged: Staged) -> Result<(), SessionError> {
         let settings = &self.settings;
         let open = self
             .transactions
@@ -120,7 +135,7 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    pub(super) fn take_transaction(&mut self, frame: &Frame) -> Result<Vec<Staged>, SessionError> {
+    fn take_transaction(&mut self, frame: &Frame) -> Result<Vec<Staged>, SessionError> {
         let transaction = required(frame, names::TRANSACTION)?;
         let taken = self
             .transactions
