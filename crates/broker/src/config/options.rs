@@ -39,6 +39,14 @@ impl OptionSpec {
     pub fn env_var(&self) -> String {
         format!("POSTBOX_{}", self.name.to_uppercase().replace('-', "_"))
     }
+
+    /// The default as a TOML value.
+    pub fn default_value(&self) -> toml::Value {
+        let doc: toml::Table = format!("v = {}", self.default)
+            .parse()
+            .expect("defaults in the option table are TOML literals");
+        doc["v"].clone()
+    }
 }
 
 const fn opt(

@@ -1,0 +1,88 @@
+//! What a reload (SIGHUP) may change: which options take effect without a restart, what
+//! changed between two configurations, and putting an option back to its running value.
+
+use serde::Deserialize;
+
+use super::Config;
+use super::options::OPTIONS;
+
+impl Config {
+    /// Options whose values differ from `other`'s: (name, this value, other's value),
+    /// secrets masked.
+    pub fn differences(&self, other: &Config) -> Vec<(&'static str, String, String)> {
+        let ours = toml::Table::try_from(self).expect("Config serializes to a table");
+        let theirs = toml::Table::try_from(other).expect("Config serializes to a table");
+        let (ours_shown, theirs_shown) = (self.shown(), other.shown());
+        OPTIONS
+            .iter()
+            .filter(|spec| ours.get(spec.name) != theirs.get(spec.name))
+            .map(|spec| {
+                let show = |table: &toml::Table| {
+                    table
+                        .get(spec.name)
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                };
+                (spec.name, show(&ours_shown), show(&theirs_shown))
+            })
+            .collect()
+    }
+
+    /// Sets option `name` back to `other`'s value.
+    pub fn restore(&mut self, name: &str, other: &Config) {
+        let mut ours = toml::Table::try_from(&*self).expect("Config serializes to a table");
+        let theirs = toml::Table::try_from(other).expect("Config serializes to a table");
+        if let Some(value) = theirs.get(name) {
+            ours.insert(name.to_owned(), value.clone());
+            if let Ok(config) = Config::deserialize(toml::Value::Table(ours)) {
+                *self = config;
+            }
+        }
+    }
+}
+
+/// Whether a change to option `name` can take effect without a restart (on SIGHUP).
+/// Limits, heart-beats and authentication apply to connections made after the reload;
+/// listeners, the cluster, virtual hosts, queues' policies and logging need a restart.
+pub fn reloadable(name: &str) -> bool {
+    matches!(
+        name,
+        "allow-anonymous"
+            | "users-file"
+            | "jwt-secret"
+            | "jwt-public-keys"
+            | "jwt-jwks-file"
+            | "jwt-issuers"
+            | "jwt-audiences"
+            | "jwt-leeway-s"
+            | "jwt-require-exp"
+            | "jwt-user-claim"
+            | "jwt-roles-claim"
+            | "jwt-permissions-claim"
+            | "acl"
+            | "user-header"
+            | "max-connections"
+            | "max-frame-size"
+            | "max-body-size"
+            | "max-headers"
+            | "max-header-length"
+            | "max-subscriptions"
+            | "max-temp-queues"
+            | "max-transactions"
+            | "max-transaction-frames"
+            | "max-transaction-bytes"
+            | "max-staged-bytes"
+            | "connect-timeout-ms"
+            | "auth-timeout-ms"
+            | "max-login-failures"
+            | "outbound-buffer"
+            | "outbound-stall-ms"
+            | "tcp-keepalive-s"
+            | "memory-high-watermark"
+            | "heartbeat-send-ms"
+            | "heartbeat-receive-ms"
+            | "heartbeat-grace"
+            | "drain-timeout-ms"
+            | "lame-duck-ms"
+    )
+}
