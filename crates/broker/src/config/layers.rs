@@ -197,6 +197,8 @@ pub(super) fn load_with(args: &[&str], env: &[(&str, &str)]) -> Result<Loaded, C
 
 #[cfg(test)]
 mod tests {
+    use postbox_testkit::certs::temp_dir;
+
     use super::*;
 
     #[test]
@@ -209,8 +211,7 @@ mod tests {
 
     #[test]
     fn flags_beat_the_file_and_the_file_beats_the_environment() {
-        let dir = std::env::temp_dir().join(format!("postbox-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("postbox-config");
         let file = dir.join("postbox.toml");
         std::fs::write(&file, "max-headers = 10\nmax-subscriptions = 20\n").unwrap();
         let file = file.to_str().unwrap();
@@ -234,7 +235,6 @@ mod tests {
         );
         let printed = loaded.config.to_annotated_toml(&loaded.sources);
         assert!(printed.contains("max-headers = 100  # flag"), "{printed}");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -267,8 +267,7 @@ mod tests {
 
     #[test]
     fn unknown_file_keys_are_refused() {
-        let dir = std::env::temp_dir().join(format!("postbox-config-bad-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("postbox-config-bad");
         let file = dir.join("bad.toml");
         std::fs::write(&file, "max-headerz = 1\n").unwrap();
         let error = load_with(&["check-config", file.to_str().unwrap()], &[]).unwrap_err();
@@ -278,16 +277,13 @@ mod tests {
                 .starts_with("unknown option 'max-headerz'"),
             "{error}"
         );
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     const JWT_SECRET: &str = "jwt-secret-value-0123456789abcdef0123";
 
     #[test]
     fn config_file_errors_do_not_quote_secrets() {
-        let dir =
-            std::env::temp_dir().join(format!("postbox-config-secret-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("postbox-config-secret");
         let unterminated = dir.join("unterminated.toml");
         std::fs::write(
             &unterminated,
@@ -303,6 +299,5 @@ mod tests {
         }
         let error = load_with(&["check-config", unterminated.to_str().unwrap()], &[]).unwrap_err();
         assert!(error.to_string().contains("line 2, column"), "{error}");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }
