@@ -216,4 +216,36 @@ mod tests {
         fields.sort();
         assert_eq!(fields, names);
     }
+
+    /// The table's secrecy and the field types agree: a secret option's field masks it
+    /// in `Debug` as its declaration says, and a public string is not hidden.
+    #[test]
+    fn secret_options_have_secret_types() {
+        let url = "redis://user:hunter2-hunter2@10.0.0.5";
+        for spec in OPTIONS {
+            let mut table = toml::Table::try_from(Config::defaults()).unwrap();
+            table.insert(spec.name.into(), toml::Value::String(url.into()));
+            let Ok(config) = Config::deserialize(toml::Value::Table(table)) else {
+                assert!(!spec.is_secret(), "{} does not take a string", spec.name);
+                continue;
+            };
+            let debug = format!("{config:?}");
+            let field = format!("{}: ", spec.name.replace('-', "_"));
+            let shown = match spec.secrecy {
+                options::Secrecy::Public => format!("{field}{url:?}"),
+                options::Secrecy::Secret => format!("{field}\"****\""),
+                options::Secrecy::Url => format!("{field}\"redis://user:****@10.0.0.5\""),
+            };
+            assert!(debug.contains(&shown), "{}: {debug}", spec.name);
+            assert_eq!(
+                debug.contains("hunter2"),
+                !spec.is_secret(),
+                "{}",
+                spec.name
+            );
+            if spec.is_secret() {
+                assert_eq!(spec.kind, options::ValueKind::Str, "{}", spec.name);
+            }
+        }
+    }
 }

@@ -2,8 +2,7 @@
 //! docs/configuration.md), generated from the option table.
 
 use super::cli::PRECEDENCE;
-use super::options::{OPTIONS, ValueKind};
-use super::reload::reloadable;
+use super::options::{OPTIONS, Reload, ValueKind};
 
 /// The configuration reference in Markdown, generated from [`OPTIONS`].
 pub fn reference() -> String {
@@ -33,7 +32,10 @@ pub fn reference() -> String {
             ValueKind::List => "list",
             ValueKind::Rules => "rules",
         };
-        let reload = if reloadable(spec.name) { "reload" } else { "" };
+        let reload = match spec.reload {
+            Reload::Live => "reload",
+            Reload::Restart => "",
+        };
         out.push_str(&format!(
             "| `{}` | `{}` | {kind} | `{}` | {reload} | {} |\n",
             spec.name,

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use super::Config;
-use super::options::OPTIONS;
+use super::options::{self, OPTIONS, Reload};
 
 impl Config {
     /// Options whose values differ from `other`'s: (name, this value, other's value),
@@ -41,48 +41,10 @@ impl Config {
     }
 }
 
-/// Whether a change to option `name` can take effect without a restart (on SIGHUP).
-/// Limits, heart-beats and authentication apply to connections made after the reload;
-/// listeners, the cluster, virtual hosts, queues' policies and logging need a restart.
+/// Whether a change to option `name` can take effect without a restart (on SIGHUP), as
+/// its declaration in [`OPTIONS`] says. Limits, heart-beats and authentication apply to
+/// connections made after the reload; listeners, the cluster, virtual hosts, queues'
+/// policies and logging need a restart. An unknown name is not reloadable.
 pub fn reloadable(name: &str) -> bool {
-    matches!(
-        name,
-        "allow-anonymous"
-            | "users-file"
-            | "jwt-secret"
-            | "jwt-public-keys"
-            | "jwt-jwks-file"
-            | "jwt-issuers"
-            | "jwt-audiences"
-            | "jwt-leeway-s"
-            | "jwt-require-exp"
-            | "jwt-user-claim"
-            | "jwt-roles-claim"
-            | "jwt-permissions-claim"
-            | "acl"
-            | "user-header"
-            | "max-connections"
-            | "max-frame-size"
-            | "max-body-size"
-            | "max-headers"
-            | "max-header-length"
-            | "max-subscriptions"
-            | "max-temp-queues"
-            | "max-transactions"
-            | "max-transaction-frames"
-            | "max-transaction-bytes"
-            | "max-staged-bytes"
-            | "connect-timeout-ms"
-            | "auth-timeout-ms"
-            | "max-login-failures"
-            | "outbound-buffer"
-            | "outbound-stall-ms"
-            | "tcp-keepalive-s"
-            | "memory-high-watermark"
-            | "heartbeat-send-ms"
-            | "heartbeat-receive-ms"
-            | "heartbeat-grace"
-            | "drain-timeout-ms"
-            | "lame-duck-ms"
-    )
+    options::find(name).is_some_and(|spec| spec.reload == Reload::Live)
 }

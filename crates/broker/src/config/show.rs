@@ -3,20 +3,22 @@
 
 use std::collections::BTreeMap;
 
-use super::options::OPTIONS;
-use super::{Config, Source};
+use super::options::{OPTIONS, Secrecy};
+use super::{Config, Secret, SecretUrl, Source};
 
 impl Config {
     /// The configuration as a TOML table fit to be shown: secrets are masked.
     pub(super) fn shown(&self) -> toml::Table {
         let mut table = toml::Table::try_from(self).expect("Config serializes to a table");
-        for (name, shown) in [
-            ("admin-token", self.admin_token.to_string()),
-            ("jwt-secret", self.jwt_secret.to_string()),
-            ("cluster", self.cluster.to_string()),
-            ("cluster-password", self.cluster_password.to_string()),
-        ] {
-            table.insert(name.to_owned(), toml::Value::String(shown));
+        for spec in OPTIONS {
+            // Secret fields serialize as their real text; mask it as their types do.
+            if let Some(toml::Value::String(value)) = table.get_mut(spec.name) {
+                match spec.secrecy {
+                    Secrecy::Public => {}
+                    Secrecy::Secret => *value = Secret::from(value.as_str()).to_string(),
+                    Secrecy::Url => *value = SecretUrl::from(value.as_str()).to_string(),
+                }
+            }
         }
         table
     }
