@@ -3,9 +3,10 @@
 //! read option fields themselves.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use postbox_router::{Overflow, QueueSettings, RouterConfig};
+use postbox_router::{Budget, Overflow, QueueSettings, RouterConfig};
 
 use super::Config;
 use crate::transport::Transport;
@@ -43,8 +44,9 @@ impl Config {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
-    /// The router settings for one virtual host.
-    pub fn router_config(&self, vhost: &str, node_id: &str) -> RouterConfig {
+    /// The router settings for one virtual host. Every host's router gets the same
+    /// `budget`, so `max-queued-bytes` bounds the queues of all hosts together.
+    pub fn router_config(&self, vhost: &str, node_id: &str, budget: Arc<Budget>) -> RouterConfig {
         RouterConfig {
             vhost: vhost.to_owned(),
             node_id: node_id.to_owned(),
@@ -59,7 +61,7 @@ impl Config {
             dead_letter_suffix: self.dead_letter_suffix.clone(),
             default_prefetch: self.default_prefetch,
             max_queues: self.max_queues,
-            budget: Default::default(),
+            budget,
         }
     }
 
@@ -84,5 +86,21 @@ impl Config {
     /// `drain-timeout-ms` as a duration.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_router_gets_the_budget_it_is_given() {
+        let budget = Arc::new(Budget::new(1234));
+        let settings = Config::defaults().router_config("/", "n1", budget.clone());
+        assert!(Arc::ptr_eq(&settings.budget, &budget));
+        assert_eq!(
+            (settings.vhost.as_str(), settings.node_id.as_str()),
+            ("/", "n1")
+        );
     }
 }
