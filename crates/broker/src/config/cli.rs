@@ -7,7 +7,7 @@ use clap::{Arg, ArgAction, ArgMatches};
 
 use super::options::{OPTIONS, OptionSpec, ValueKind};
 
-/// The precedence rule, as printed by `postbox --help`.
+/// The precedence rule, as printed by `postbox --help` and in the [`reference()`](super::reference()).
 pub const PRECEDENCE: &str = "Each option can be given as a flag, a key in the --config TOML \
 file, or a POSTBOX_* environment variable (POSTBOX_ plus the name in upper case with _ for -). \
 Precedence: flags over the file, the file over the environment, the environment over defaults.";
@@ -76,6 +76,8 @@ pub fn command() -> clap::Command {
     command
 }
 
+/// The flag for one option, its help naming the variable and the default. Values stay
+/// text here: `load` converts them to the option's type with the environment's rules.
 fn flag(spec: &'static OptionSpec) -> Arg {
     let help = format!(
         "{} [env: {}] [default: {}]",
@@ -121,6 +123,7 @@ pub(super) fn action(matches: &ArgMatches) -> (Action, Option<PathBuf>) {
     }
 }
 
+/// The `--config` file, if one was given.
 fn config_path(matches: &ArgMatches) -> Option<PathBuf> {
     matches.get_one::<String>("config").map(PathBuf::from)
 }

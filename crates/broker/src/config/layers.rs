@@ -51,7 +51,8 @@ pub struct Loaded {
 }
 
 /// Reads the configuration from command-line arguments (program name first) and the
-/// environment, as looked up by `env`.
+/// environment, as looked up by `env` (a function, so tests need not touch the process
+/// environment), layers them, and validates the result.
 pub fn load<I, T>(args: I, env: impl Fn(&str) -> Option<String>) -> Result<Loaded, ConfigError>
 where
     I: IntoIterator<Item = T>,
@@ -104,6 +105,8 @@ where
     })
 }
 
+/// Reads the `--config` file as a TOML table. A syntax error gives the line and column
+/// but not the line itself, which may hold a secret.
 fn read_file(path: &PathBuf) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.clone(),
@@ -120,6 +123,8 @@ fn read_file(path: &PathBuf) -> Result<toml::Table, ConfigError> {
     })
 }
 
+/// The option's value from a flag given on the command line (not a clap default), in
+/// the option's TOML type.
 fn flag_value(
     spec: &'static OptionSpec,
     matches: &ArgMatches,

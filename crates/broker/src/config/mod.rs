@@ -16,7 +16,7 @@
 //! - `project`: the settings other parts take from a [`Config`] ([`Config::router_config`]...);
 //! - `show`: `print-config`'s annotated TOML, secrets masked;
 //! - `reload`: what a SIGHUP may change ([`reloadable`], [`Config::differences`]);
-//! - `reference`: the generated Markdown [`reference`].
+//! - `reference`: the generated Markdown [`reference()`].
 
 mod cli;
 mod layers;
@@ -191,7 +191,7 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// The built-in defaults.
+    /// The built-in defaults from the option table: the bottom layer of [`load`].
     pub fn defaults() -> Config {
         let table: toml::Table = OPTIONS
             .iter()

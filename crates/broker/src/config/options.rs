@@ -622,7 +622,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     ),
 ];
 
-/// The option called `name`.
+/// The option called `name`, for file keys and reload decisions.
 pub fn find(name: &str) -> Option<&'static OptionSpec> {
     OPTIONS.iter().find(|spec| spec.name == name)
 }

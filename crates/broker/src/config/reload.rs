@@ -8,7 +8,7 @@ use super::options::{self, OPTIONS, Reload};
 
 impl Config {
     /// Options whose values differ from `other`'s: (name, this value, other's value),
-    /// secrets masked.
+    /// secrets masked, so a reload can log each change and restore what needs a restart.
     pub fn differences(&self, other: &Config) -> Vec<(&'static str, String, String)> {
         let ours = toml::Table::try_from(self).expect("Config serializes to a table");
         let theirs = toml::Table::try_from(other).expect("Config serializes to a table");
@@ -28,7 +28,8 @@ impl Config {
             .collect()
     }
 
-    /// Sets option `name` back to `other`'s value.
+    /// Sets option `name` back to `other`'s value, as a reload does for an option that
+    /// needs a restart. An unknown name, or a value that does not fit, changes nothing.
     pub fn restore(&mut self, name: &str, other: &Config) {
         let mut ours = toml::Table::try_from(&*self).expect("Config serializes to a table");
         let theirs = toml::Table::try_from(other).expect("Config serializes to a table");

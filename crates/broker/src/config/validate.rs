@@ -13,7 +13,9 @@ use super::{Config, ConfigError};
 pub const MAX_HEARTBEAT_GRACE: f64 = 100.0;
 
 impl Config {
-    /// Checks values that have the right type but may still be unusable.
+    /// Checks values that have the right type but may still be unusable, so that a bad
+    /// configuration is refused (by `load`, hence by `check-config` and reloads) before
+    /// anything is bound. The error names the first offending option.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |option, reason: String| Err(ConfigError::Invalid { option, reason });
         let all = [
