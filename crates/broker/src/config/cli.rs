@@ -7,7 +7,8 @@ use clap::{Arg, ArgAction, ArgMatches};
 
 use super::options::{OPTIONS, OptionSpec, ValueKind};
 
-/// The precedence rule, as printed by `postbox --help` and in the [`reference()`](super::reference()).
+/// The precedence rule, as printed by `postbox --help` and in the
+/// [`reference()`](super::reference()).
 pub const PRECEDENCE: &str = "Each option can be given as a flag, a key in the --config TOML \
 file, or a POSTBOX_* environment variable (POSTBOX_ plus the name in upper case with _ for -). \
 Precedence: flags over the file, the file over the environment, the environment over defaults.";

@@ -9,6 +9,7 @@
 //! own module, and everything the rest of the crate uses is re-exported here:
 //! - [`options`]: the option table, the single source of truth for names, types,
 //!   defaults, reload policy and secrecy;
+//! - `spec`: what one declaration in that table says ([`options::OptionSpec`]);
 //! - [`secret`]: value types that never print their secret;
 //! - `layers`: [`load`], the precedence of defaults, environment, file and flags;
 //! - `cli`: the clap [`command`] and the [`Action`] it asks for;
@@ -26,6 +27,7 @@ mod reference;
 mod reload;
 pub mod secret;
 mod show;
+mod spec;
 mod validate;
 
 use std::path::PathBuf;
