@@ -44,7 +44,8 @@ pub use validate::MAX_HEARTBEAT_GRACE;
 
 use options::OPTIONS;
 
-/// The broker's effective configuration. Its `Debug` masks every secret (see [`Secret`]).
+/// The broker's effective configuration: one field per option of [`options::OPTIONS`],
+/// named in snake_case. Its `Debug` masks every secret (see [`Secret`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 #[allow(missing_docs)] // each field is documented in `options::OPTIONS`

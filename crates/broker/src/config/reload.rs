@@ -49,3 +49,31 @@ impl Config {
 pub fn reloadable(name: &str) -> bool {
     options::find(name).is_some_and(|spec| spec.reload == Reload::Live)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_applies_live_options_and_restores_the_others() {
+        let running = Config::defaults();
+        let fresh = Config {
+            listen: vec!["127.0.0.1:1".into()],
+            max_headers: 7,
+            ..Config::defaults()
+        };
+        let changed: Vec<&str> = running
+            .differences(&fresh)
+            .into_iter()
+            .map(|(name, _, _)| name)
+            .collect();
+        assert_eq!(changed, ["listen", "max-headers"]);
+        let mut applied = fresh.clone();
+        for name in changed.iter().filter(|name| !reloadable(name)) {
+            applied.restore(name, &running);
+        }
+        assert_eq!(applied.listen, running.listen);
+        assert_eq!(applied.max_headers, 7);
+        assert!(!reloadable("no-such-option"));
+    }
+}

@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use super::Config;
+use super::layers::Source;
 use super::options::{OPTIONS, Secrecy};
-use super::{Config, Secret, SecretUrl, Source};
+use super::secret::{Secret, SecretUrl};
 
 impl Config {
     /// The configuration as a TOML table fit to be shown: secrets are masked.
