@@ -34,8 +34,7 @@ impl Vhosts {
             config.max_queued_bytes,
         )));
         let router = |vhost: &str| {
-            let mut settings = config.router_config(vhost, node_id);
-            settings.budget = budget.clone();
+            let settings = config.router_config(vhost, node_id, budget.clone());
             Router::with_relay(settings, relay.clone())
         };
         if names.is_empty() {
@@ -100,5 +99,13 @@ mod tests {
         assert_eq!(vhosts.select(None).unwrap().vhost(), "prod");
         assert!(vhosts.select(Some("other")).is_none());
         assert_eq!(vhosts.routers().count(), 2);
+    }
+
+    #[test]
+    fn every_host_shares_one_queue_budget() {
+        let vhosts = with_names(&["prod", "test", "dev"]);
+        let budgets: Vec<_> = vhosts.routers().map(|r| r.budget().clone()).collect();
+        assert_eq!(budgets.len(), 3);
+        assert!(budgets.iter().all(|b| Arc::ptr_eq(b, &budgets[0])));
     }
 }

@@ -1,94 +1,48 @@
 //! The table of every configuration option: its one name (used as the TOML key, the
-//! flag `--name` and the variable `POSTBOX_NAME`), its type, default and meaning.
+//! flag `--name` and the variable `POSTBOX_NAME`), its type, default and meaning,
+//! whether a reload applies it, and whether its value is a secret.
 //!
 //! This table is the single source of truth: the CLI, the environment and the TOML file
 //! are all read through it, and a test checks it against [`Config`](super::Config).
 
-/// The type of an option's value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ValueKind {
-    /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off` from env and flags).
-    Bool,
-    /// A non-negative integer.
-    Int,
-    /// A decimal number.
-    Float,
-    /// A string.
-    Str,
-    /// A list of strings; comma-separated in env and flags.
-    List,
-    /// A list of tables (access rules); a TOML array literal in env and flags.
-    Rules,
-}
+pub use super::spec::{OptionSpec, Reload, Secrecy, ValueKind};
 
-/// One configuration option.
-#[derive(Debug)]
-pub struct OptionSpec {
-    /// The name, in kebab-case.
-    pub name: &'static str,
-    /// The value's type.
-    pub kind: ValueKind,
-    /// The default, as a TOML literal.
-    pub default: &'static str,
-    /// What the option means.
-    pub help: &'static str,
-}
-
-impl OptionSpec {
-    /// The environment variable that sets this option.
-    pub fn env_var(&self) -> String {
-        format!("POSTBOX_{}", self.name.to_uppercase().replace('-', "_"))
-    }
-}
-
-const fn opt(
-    name: &'static str,
-    kind: ValueKind,
-    default: &'static str,
-    help: &'static str,
-) -> OptionSpec {
-    OptionSpec {
-        name,
-        kind,
-        default,
-        help,
-    }
-}
+use super::spec::{live, restart};
 
 /// Every option, in the order `--help` and the docs list them.
 pub const OPTIONS: &[OptionSpec] = &[
-    opt(
+    restart(
         "listen",
         ValueKind::List,
         r#"["127.0.0.1:61613"]"#,
         "Addresses for STOMP over TCP (host:port; port 0 picks a free one).",
     ),
-    opt(
+    restart(
         "tls-listen",
         ValueKind::List,
         "[]",
         "Addresses for STOMP over TLS (61614 is the usual port); needs tls-cert and tls-key.",
     ),
-    opt(
+    restart(
         "ws-listen",
         ValueKind::List,
         "[]",
         "Addresses for STOMP over WebSocket (15674 is the usual port); also answers GET \
          /healthz and /readyz.",
     ),
-    opt(
+    restart(
         "wss-listen",
         ValueKind::List,
         "[]",
         "Addresses for STOMP over WebSocket over TLS; needs tls-cert and tls-key.",
     ),
-    opt(
+    restart(
         "http-listen",
         ValueKind::List,
         "[]",
         "Addresses for plain HTTP: /healthz, /readyz, /metrics and the admin API.",
     ),
-    opt(
+    restart(
         "ws-http-endpoints",
         ValueKind::Bool,
         "false",
@@ -96,258 +50,262 @@ pub const OPTIONS: &[OptionSpec] = &[
          those answer only the STOMP path, /healthz and /readyz (for load balancers that \
          probe the traffic port), and 404 to anything else.",
     ),
-    opt(
+    restart(
         "admin-token",
         ValueKind::Str,
         r#""""#,
         "Bearer token for the admin API. Prefer the environment variable to the flag.",
-    ),
-    opt(
+    )
+    .secret(),
+    restart(
         "admin-role",
         ValueKind::Str,
         r#""admin""#,
         "A JWT whose roles claim includes this role may use the admin API.",
     ),
-    opt(
+    restart(
         "metrics-queue-top",
         ValueKind::Int,
         "20",
         "Per-queue metrics cover at most this many queues, the deepest, so label \
          cardinality stays bounded; totals cover all.",
     ),
-    opt(
+    restart(
         "tls-cert",
         ValueKind::Str,
         r#""""#,
         "PEM certificate chain, leaf first (certbot's fullchain.pem). Reloaded when it changes.",
     ),
-    opt(
+    restart(
         "tls-key",
         ValueKind::Str,
         r#""""#,
         "PEM private key (certbot's privkey.pem). Reloaded when it changes.",
     ),
-    opt(
+    restart(
         "tls-client-ca",
         ValueKind::Str,
         r#""""#,
         "PEM CA certificates; when set, TLS clients must present a certificate issued by one.",
     ),
-    opt(
+    restart(
         "tls-reload-ms",
         ValueKind::Int,
         "5000",
         "How often the certificate files are checked for changes (0: only on SIGHUP).",
     ),
-    opt(
+    restart(
         "ws-path",
         ValueKind::Str,
         r#""/ws""#,
         "The HTTP path that upgrades to STOMP over WebSocket.",
     ),
-    opt(
+    restart(
         "ws-max-message-size",
         ValueKind::Int,
         "16777216",
         "Largest WebSocket message in bytes.",
     ),
-    opt(
+    restart(
         "ws-allowed-origins",
         ValueKind::List,
         "[]",
         "Origins allowed to open WebSockets (e.g. https://chat.example.com); others get \
          HTTP 403. Empty allows any origin.",
     ),
-    opt(
+    live(
         "allow-anonymous",
         ValueKind::Bool,
         "false",
         "Allow listening on a non-loopback address without authentication configured; with \
          authentication configured, let clients without credentials in as user anonymous.",
     ),
-    opt(
+    live(
         "users-file",
         ValueKind::Str,
         r#""""#,
         "TOML file of users with argon2 or bcrypt password hashes (see `postbox hash-password`); \
          enables login/passcode authentication.",
     ),
-    opt(
+    live(
         "jwt-secret",
         ValueKind::Str,
         r#""""#,
         "Shared secret for HS256/HS384/HS512 tokens; enables JWT authentication. Prefer the \
          environment variable to the flag, which other users can see.",
-    ),
-    opt(
+    )
+    .secret(),
+    live(
         "jwt-public-keys",
         ValueKind::List,
         "[]",
         "PEM public key files (RSA, EC or Ed25519) for RS*/PS*/ES*/EdDSA tokens.",
     ),
-    opt(
+    live(
         "jwt-jwks-file",
         ValueKind::Str,
         r#""""#,
         "A JWKS file; keys are chosen by the token's kid.",
     ),
-    opt(
+    live(
         "jwt-issuers",
         ValueKind::List,
         "[]",
         "Accepted iss values (empty: any).",
     ),
-    opt(
+    live(
         "jwt-audiences",
         ValueKind::List,
         "[]",
         "Accepted aud values (empty: any).",
     ),
-    opt(
+    live(
         "jwt-leeway-s",
         ValueKind::Int,
         "30",
         "Clock skew tolerated on exp and nbf, in seconds.",
     ),
-    opt(
+    live(
         "jwt-require-exp",
         ValueKind::Bool,
         "true",
         "Refuse tokens without exp.",
     ),
-    opt(
+    live(
         "jwt-user-claim",
         ValueKind::Str,
         r#""sub""#,
         "The claim that names the user.",
     ),
-    opt(
+    live(
         "jwt-roles-claim",
         ValueKind::Str,
         r#""roles""#,
         "The claim listing the user's roles (matched by acl rules).",
     ),
-    opt(
+    live(
         "jwt-permissions-claim",
         ValueKind::Str,
         r#""scope""#,
         "The claim with read:<pattern> and write:<pattern> scopes.",
     ),
-    opt(
+    restart(
         "jwt-query-param",
         ValueKind::Str,
         r#""access_token""#,
         "Query parameter of the WebSocket URL that may carry the token, for browser clients \
          that cannot set headers (empty: none).",
     ),
-    opt(
+    live(
         "acl",
         ValueKind::Rules,
         "[]",
         "Access rules: [{user = \"alice\" or role = \"chat\" or user = \"*\", read = [patterns], \
          write = [patterns]}]. Patterns are destinations with * and # words, or # for all.",
     ),
-    opt(
+    live(
         "user-header",
         ValueKind::Str,
         r#""user-id""#,
         "Header stamped on every MESSAGE with the sender's authenticated name; a value the \
          client sent is replaced.",
     ),
-    opt(
+    restart(
         "cluster",
         ValueKind::Str,
         r#""""#,
         "Redis URL (redis://host:port, rediss:// for TLS) of the cluster to join; empty runs \
          alone.",
-    ),
-    opt(
+    )
+    .secret_url(),
+    restart(
         "cluster-password",
         ValueKind::Str,
         r#""""#,
         "Redis password, if not in the URL.",
-    ),
-    opt(
+    )
+    .secret(),
+    restart(
         "cluster-tls-ca",
         ValueKind::Str,
         r#""""#,
         "PEM CA certificates to trust for rediss:// (default: the system's).",
     ),
-    opt(
+    restart(
         "cluster-wait",
         ValueKind::Bool,
         "false",
         "At start, wait for Redis instead of failing when it cannot be reached.",
     ),
-    opt(
+    restart(
         "cluster-prefix",
         ValueKind::Str,
         r#""postbox""#,
         "Prefix of the cluster's Redis keys and channels, so clusters can share a Redis.",
     ),
-    opt(
+    restart(
         "cluster-claim-ms",
         ValueKind::Int,
         "30000",
         "Queue messages held this long by a node that stopped responding are delivered by \
          another node.",
     ),
-    opt(
+    restart(
         "cluster-node-ttl-ms",
         ValueKind::Int,
         "5000",
         "A node silent this long is considered gone; its subscribers stop counting.",
     ),
-    opt(
+    restart(
         "cluster-store-timeout-ms",
         ValueKind::Int,
         "5000",
         "How long a SEND to a cluster queue waits for Redis before it is refused.",
     ),
-    opt(
+    restart(
         "vhosts",
         ValueKind::List,
         "[]",
         "Virtual hosts selected by the CONNECT host header. Empty: one host, any name accepted.",
     ),
-    opt(
+    live(
         "max-connections",
         ValueKind::Int,
         "10000",
         "Most client connections at once; more are refused with an ERROR frame.",
     ),
-    opt(
+    live(
         "max-frame-size",
         ValueKind::Int,
         "8454144",
         "Largest frame in bytes, headers and body together.",
     ),
-    opt(
+    live(
         "max-body-size",
         ValueKind::Int,
         "8388608",
         "Largest frame body in bytes.",
     ),
-    opt(
+    live(
         "max-headers",
         ValueKind::Int,
         "1000",
         "Most header lines in one frame, as RabbitMQ and ActiveMQ allow; max-header-length \
          and max-frame-size bound their bytes.",
     ),
-    opt(
+    live(
         "max-header-length",
         ValueKind::Int,
         "16384",
         "Longest header line in bytes.",
     ),
-    opt(
+    live(
         "max-subscriptions",
         ValueKind::Int,
         "1024",
         "Most subscriptions on one connection.",
     ),
-    opt(
+    live(
         "max-temp-queues",
         ValueKind::Int,
         "64",
@@ -355,38 +313,38 @@ pub const OPTIONS: &[OptionSpec] = &[
          connection; the subscriptions reply-to makes for them count against \
          max-subscriptions too.",
     ),
-    opt(
+    live(
         "max-transactions",
         ValueKind::Int,
         "64",
         "Most transactions open at once on one connection.",
     ),
-    opt(
+    live(
         "max-transaction-frames",
         ValueKind::Int,
         "10000",
         "Most frames (SEND, ACK, NACK) staged in one transaction.",
     ),
-    opt(
+    live(
         "max-transaction-bytes",
         ValueKind::Int,
         "16777216",
         "Most bytes (bodies and headers) of the frames staged in one transaction; past it \
          the client gets an ERROR and the transaction is dropped.",
     ),
-    opt(
+    live(
         "max-staged-bytes",
         ValueKind::Int,
         "33554432",
         "Most bytes staged in all open transactions of one connection together.",
     ),
-    opt(
+    live(
         "connect-timeout-ms",
         ValueKind::Int,
         "10000",
         "Time a new connection has to send CONNECT.",
     ),
-    opt(
+    live(
         "auth-timeout-ms",
         ValueKind::Int,
         "5000",
@@ -394,21 +352,21 @@ pub const OPTIONS: &[OptionSpec] = &[
          run one per core at a time, and a CONNECT that gets no turn in time is refused \
          as server busy.",
     ),
-    opt(
+    live(
         "max-login-failures",
         ValueKind::Int,
         "10",
         "Failed password checks allowed for one login from one address within a minute; \
          further attempts are refused unchecked until the minute is over (0: no limit).",
     ),
-    opt(
+    live(
         "outbound-buffer",
         ValueKind::Int,
         "8388608",
         "Bytes that may wait to be written to one connection; past it the client is \
          disconnected as a slow consumer.",
     ),
-    opt(
+    live(
         "tcp-keepalive-s",
         ValueKind::Int,
         "60",
@@ -416,14 +374,14 @@ pub const OPTIONS: &[OptionSpec] = &[
          answers none of 6 probes 10 s apart is closed (0: no keepalive). Finds dead \
          peers that negotiated no heart-beats.",
     ),
-    opt(
+    live(
         "outbound-stall-ms",
         ValueKind::Int,
         "10000",
         "Time a connection past its outbound buffer may go without reading anything \
          before it is closed as a slow consumer; meanwhile its frames are not read.",
     ),
-    opt(
+    live(
         "memory-high-watermark",
         ValueKind::Int,
         "0",
@@ -431,7 +389,7 @@ pub const OPTIONS: &[OptionSpec] = &[
          their sockets are not read) until it falls below 95% of it; consumers keep \
          draining. 0: 40% of the machine's memory, or of the cgroup's limit.",
     ),
-    opt(
+    restart(
         "max-queues",
         ValueKind::Int,
         "100000",
@@ -439,19 +397,19 @@ pub const OPTIONS: &[OptionSpec] = &[
          that would create one more gets an ERROR. Idle queues (no messages, no \
          consumers) are forgotten and do not count.",
     ),
-    opt(
+    restart(
         "queue-max-length",
         ValueKind::Int,
         "100000",
         "Most ready messages in one queue.",
     ),
-    opt(
+    restart(
         "queue-max-bytes",
         ValueKind::Int,
         "67108864",
         "Most bytes of ready messages in one queue, headers as well as bodies.",
     ),
-    opt(
+    restart(
         "max-queued-bytes",
         ValueKind::Int,
         "0",
@@ -460,83 +418,83 @@ pub const OPTIONS: &[OptionSpec] = &[
          handled as one to a full queue, by `queue-overflow`. 0: a quarter of the \
          machine's memory, or of the cgroup's limit. Not changed by a reload.",
     ),
-    opt(
+    restart(
         "queue-overflow",
         ValueKind::Str,
         r#""block""#,
         "When a queue is full: block (stop reading the producer until there is room), \
          reject (ERROR to the producer) or drop-head (drop the oldest message).",
     ),
-    opt(
+    restart(
         "queue-ttl-ms",
         ValueKind::Int,
         "0",
         "Time a message may wait in a queue before it expires (0: forever). A SUBSCRIBE \
          that creates a queue may set its own with x-message-ttl.",
     ),
-    opt(
+    restart(
         "max-deliveries",
         ValueKind::Int,
         "10",
         "Deliveries after which a message that keeps coming back moves to the dead-letter \
          queue (0: never).",
     ),
-    opt(
+    restart(
         "dead-letter-suffix",
         ValueKind::Str,
         r#"".dlq""#,
         "The dead-letter queue of /queue/NAME is /queue/NAME plus this suffix.",
     ),
-    opt(
+    restart(
         "default-prefetch",
         ValueKind::Int,
         "1000",
         "Unacknowledged messages per subscription when SUBSCRIBE has no prefetch-count.",
     ),
-    opt(
+    live(
         "heartbeat-send-ms",
         ValueKind::Int,
         "10000",
         "Shortest interval at which the server offers to send heart-beats (0: never).",
     ),
-    opt(
+    live(
         "heartbeat-receive-ms",
         ValueKind::Int,
         "10000",
         "Shortest interval at which the server asks clients for heart-beats (0: never).",
     ),
-    opt(
+    live(
         "heartbeat-grace",
         ValueKind::Float,
         "1.5",
         "A client silent for this many negotiated heart-beat intervals is disconnected (1 to 100).",
     ),
-    opt(
+    live(
         "drain-timeout-ms",
         ValueKind::Int,
         "10000",
         "On SIGINT/SIGTERM, how long connections get to flush before the process exits.",
     ),
-    opt(
+    live(
         "lame-duck-ms",
         ValueKind::Int,
         "3000",
         "On shutdown, connections are sent away one by one over this window (within the \
          drain timeout), so a cluster's clients reconnect elsewhere gradually.",
     ),
-    opt(
+    restart(
         "log-format",
         ValueKind::Str,
         r#""human""#,
         "Log format: human or json.",
     ),
-    opt(
+    restart(
         "log-level",
         ValueKind::Str,
         r#""info""#,
         "Log filter when RUST_LOG is not set (tracing-subscriber EnvFilter syntax).",
     ),
-    opt(
+    restart(
         "node-id",
         ValueKind::Str,
         r#""""#,
@@ -544,7 +502,73 @@ pub const OPTIONS: &[OptionSpec] = &[
     ),
 ];
 
-/// The option called `name`.
+/// The option called `name`, for file keys and reload decisions.
 pub fn find(name: &str) -> Option<&'static OptionSpec> {
     OPTIONS.iter().find(|spec| spec.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(keep: impl Fn(&OptionSpec) -> bool) -> Vec<&'static str> {
+        OPTIONS
+            .iter()
+            .filter(|spec| keep(spec))
+            .map(|spec| spec.name)
+            .collect()
+    }
+
+    /// Spelled out so that a change to either set shows up in review: a live option
+    /// must be read per connection, and a secret one must never reach a log.
+    #[test]
+    fn the_reloadable_and_secret_sets() {
+        assert_eq!(
+            names(|spec| spec.reload == Reload::Live),
+            [
+                "allow-anonymous",
+                "users-file",
+                "jwt-secret",
+                "jwt-public-keys",
+                "jwt-jwks-file",
+                "jwt-issuers",
+                "jwt-audiences",
+                "jwt-leeway-s",
+                "jwt-require-exp",
+                "jwt-user-claim",
+                "jwt-roles-claim",
+                "jwt-permissions-claim",
+                "acl",
+                "user-header",
+                "max-connections",
+                "max-frame-size",
+                "max-body-size",
+                "max-headers",
+                "max-header-length",
+                "max-subscriptions",
+                "max-temp-queues",
+                "max-transactions",
+                "max-transaction-frames",
+                "max-transaction-bytes",
+                "max-staged-bytes",
+                "connect-timeout-ms",
+                "auth-timeout-ms",
+                "max-login-failures",
+                "outbound-buffer",
+                "tcp-keepalive-s",
+                "outbound-stall-ms",
+                "memory-high-watermark",
+                "heartbeat-send-ms",
+                "heartbeat-receive-ms",
+                "heartbeat-grace",
+                "drain-timeout-ms",
+                "lame-duck-ms",
+            ]
+        );
+        assert_eq!(
+            names(OptionSpec::is_secret),
+            ["admin-token", "jwt-secret", "cluster", "cluster-password"]
+        );
+        assert_eq!(names(|spec| spec.secrecy == Secrecy::Url), ["cluster"]);
+    }
 }
