@@ -84,7 +84,7 @@ impl MemoryAlarm {
     }
 
     /// Takes a sample of resident memory: raises the alarm above the watermark and
-    /// clears it below [`CLEAR_BELOW`] of it, logging each change.
+    /// clears it below `CLEAR_BELOW` of it, logging each change.
     pub fn update(&self, resident: u64) {
         self.resident.store(resident, Ordering::Relaxed);
         let limit = self.limit();

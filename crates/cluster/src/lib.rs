@@ -12,7 +12,7 @@
 //!   redelivered with `redelivered:true`.
 //! - **Presence**: subscription counts per destination and node live in Redis next to a
 //!   liveness key that expires, so a crashed node's subscribers stop counting within a
-//!   few seconds ([`membership`]).
+//!   few seconds (`membership.rs`).
 //!
 //! When Redis goes away, local delivery goes on; the clients reconnect with backoff and
 //! the relay re-announces what it needs. Messages are encoded in a compact binary form

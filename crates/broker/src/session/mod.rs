@@ -1,14 +1,15 @@
 //! One client connection: the STOMP session state machine.
 //!
 //! A session reads frames, checks them against the spec and the negotiated version, and
-//! turns them into router calls; replies and messages go out through its outbox and
-//! [`writer`]. The session does not know which transport carries it: it gets a byte
-//! reader and a byte writer.
+//! turns them into router calls; replies and messages go out through its outbox and the
+//! writer. The session does not know which transport carries it: it gets a byte reader
+//! and a byte writer.
 //!
-//! Where things are: [`lifecycle`] runs a connection from CONNECT to close, [`read_loop`]
-//! takes frames in, [`handle`](Session::handle) below sends each to its handler (one
-//! file per group of frames: [`send`], [`subscribe`], [`ack`], [`transaction`]), and
-//! [`access`] holds authentication and authorization. [`writer`] is where bytes leave.
+//! Where things are: `lifecycle.rs` runs a connection from CONNECT to close,
+//! `read_loop.rs` takes frames in, `Session::handle` (below) sends each to its handler,
+//! one file per group of frames (`send.rs`, `subscribe.rs`, `ack.rs`, `transaction.rs`),
+//! `access.rs` holds authentication and authorization, and `writer.rs` is where bytes
+//! leave for the socket.
 
 mod access;
 mod ack;
