@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::Config;
-use crate::auth::AuthHandle;
+use crate::auth::{AuthHandle, AuthSetupError};
 use crate::http;
 use crate::http::upgrade::{self, Accepted, WsSettings};
 use crate::metrics::DisconnectReason;
@@ -63,7 +63,7 @@ pub enum StartError {
     Tls(#[from] TlsError),
     /// A users file or JWT key is unusable.
     #[error("authentication: {0}")]
-    Auth(String),
+    Auth(#[from] AuthSetupError),
     /// The cluster cannot be joined.
     #[error("{0}")]
     Cluster(#[from] postbox_cluster::ClusterError),
@@ -86,7 +86,7 @@ pub enum ReloadError {
     Insecure(SocketAddr),
     /// A users file or JWT key named by the new configuration is unusable.
     #[error("authentication: {0}")]
-    Auth(String),
+    Auth(#[from] AuthSetupError),
 }
 
 /// Whether going from `old` to `new` (each a configuration and whether its
@@ -174,7 +174,7 @@ struct Shared {
 /// Binds every configured listener and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let listeners = config.listeners();
-    let auth = AuthHandle::load(&config).map_err(StartError::Auth)?;
+    let auth = AuthHandle::load(&config)?;
     if !config.allow_anonymous
         && auth.current().is_open()
         && let Some((_, public)) = listeners
@@ -321,7 +321,7 @@ impl Running {
                 applied.restore(name, &self.config);
             }
         }
-        let authenticator = AuthHandle::prepare(&applied).map_err(ReloadError::Auth)?;
+        let authenticator = AuthHandle::prepare(&applied)?;
         if let Some(refusal) = reload_refusal(
             (&self.config, self.state.sessions.auth.current().is_open()),
             (&applied, authenticator.is_open()),
