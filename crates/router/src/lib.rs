@@ -7,6 +7,8 @@
 //!
 //! - [`destination`]: what `/topic/...`, `/queue/...` and `/temp-queue/...` mean.
 //! - [`message`]: a published [`Message`], encoded once and shared.
+//! - [`delivery`]: a [`Delivery`] of a message to one subscription, and how it is
+//!   acknowledged ([`AckMode`], [`AckTag`], [`Settle`]).
 //! - [`topic`]: the subscription index with `*` and `#` wildcards.
 //! - [`outbox`]: a session's byte-bounded outbound queue and slow-consumer detection.
 //! - [`queue`]: queues with competing consumers, acknowledgements, redelivery, expiry
@@ -17,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod budget;
+pub mod delivery;
 pub mod destination;
 pub mod error;
 pub mod message;
@@ -28,13 +31,14 @@ pub mod topic;
 mod unacked;
 
 pub use budget::{Budget, Charge};
+pub use delivery::{AckMode, AckTag, Delivery, Settle};
 pub use destination::{Destination, DestinationKind};
 pub use error::RouteError;
 pub use message::{DETACH_BELOW, Message};
-pub use outbox::{CloseReason, Delivery, Notification, Outbox, OutboxReceiver, PushError, outbox};
-pub use queue::{AckTag, Overflow, Queue, QueueSettings, QueueStats, Queued, Settle, UnknownAck};
+pub use outbox::{CloseReason, Notification, Outbox, OutboxReceiver, PushError, outbox};
+pub use queue::{Overflow, Queue, QueueSettings, QueueStats, Queued, UnknownAck};
 pub use relay::{BoxFuture, NoRelay, QueueStore, Relay, StoreError, StoreReceipt};
 pub use router::{
-    AckMode, MAX_PREFETCH, QueueCache, Router, RouterConfig, RouterStats, Subscriber, Subscription,
+    MAX_PREFETCH, QueueCache, Router, RouterConfig, RouterStats, Subscriber, Subscription,
     TempQueue,
 };

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use postbox_stomp::ByteString;
@@ -20,10 +20,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::budget::{Budget, Charge};
-use crate::outbox::{CloseReason, Delivery, Outbox};
+use crate::delivery::{AckMode, AckTag, Delivery, Settle, Settler};
+use crate::outbox::{CloseReason, Outbox};
 use crate::relay::{QueueStore, StoreReceipt};
 use crate::unacked::Unacked;
-use crate::{AckMode, Destination, Message};
+use crate::{Destination, Message};
 
 /// What a queue does when a message arrives and it is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,43 +211,6 @@ pub enum Offer {
     Deleted(Queued),
 }
 
-/// A consumer's settlement handle for an auto-acknowledged delivery: the writer calls
-/// [`Settle::written`] once the message is on the wire.
-#[derive(Debug, Clone)]
-pub struct Settle {
-    queue: Arc<Queue>,
-    consumer: u64,
-    tag: u64,
-}
-
-impl Settle {
-    /// The delivery reached the socket: it counts as acknowledged.
-    pub fn written(self) {
-        let _ = self.queue.settle(self.consumer, &[self.tag]);
-    }
-
-    /// Settles many deliveries; consecutive ones of the same consumer share one lock.
-    pub fn written_all(settles: &mut Vec<Settle>) {
-        let mut tags = Vec::new();
-        let mut start = 0;
-        while start < settles.len() {
-            let first = &settles[start];
-            let mut end = start;
-            tags.clear();
-            while end < settles.len()
-                && Arc::ptr_eq(&settles[end].queue, &first.queue)
-                && settles[end].consumer == first.consumer
-            {
-                tags.push(settles[end].tag);
-                end += 1;
-            }
-            let _ = first.queue.settle(first.consumer, &tags);
-            start = end;
-        }
-        settles.clear();
-    }
-}
-
 #[derive(Debug)]
 struct Consumer {
     key: u64,
@@ -288,6 +252,8 @@ struct StoreLink {
 /// One queue.
 #[derive(Debug)]
 pub struct Queue {
+    /// This queue, for the [`Settle`] handles of its auto-acknowledged deliveries.
+    me: Weak<Queue>,
     destination: Destination,
     settings: QueueSettings,
     state: Mutex<State>,
@@ -346,7 +312,8 @@ impl Queue {
         totals: Option<Arc<QueueStats>>,
         budget: Arc<Budget>,
     ) -> Arc<Queue> {
-        Arc::new(Queue {
+        Arc::new_cyclic(|me| Queue {
+            me: me.clone(),
             destination,
             settings,
             state: Mutex::default(),
@@ -450,7 +417,7 @@ impl Queue {
     }
 
     /// Offers a message, applying the overflow policy when full.
-    pub fn offer(self: &Arc<Queue>, mut queued: Queued) -> Offer {
+    pub fn offer(&self, mut queued: Queued) -> Offer {
         let mut state = self.lock();
         if self.is_deleted() {
             return Offer::Deleted(queued);
@@ -509,7 +476,7 @@ impl Queue {
 
     /// Stores a message whatever the limits (dead letters must not be lost; a cluster's
     /// fetched messages were already counted against the limits by the store).
-    pub fn force(self: &Arc<Queue>, mut queued: Queued) -> Result<(), Queued> {
+    pub fn force(&self, mut queued: Queued) -> Result<(), Queued> {
         queued.detach();
         let mut state = self.lock();
         if self.is_deleted() {
@@ -597,7 +564,7 @@ impl Queue {
 
     /// Adds a consumer and serves it whatever is ready.
     pub fn add_consumer(
-        self: &Arc<Queue>,
+        &self,
         key: u64,
         outbox: Outbox,
         subscription: ByteString,
@@ -621,7 +588,7 @@ impl Queue {
     /// queue in delivery order, or to the dead-letter queue past the delivery limit.
     /// Returns the dead letters and whether the queue is now idle (no consumers, no
     /// messages).
-    pub fn remove_consumer(self: &Arc<Queue>, key: u64) -> (Vec<DeadLetter>, bool) {
+    pub fn remove_consumer(&self, key: u64) -> (Vec<DeadLetter>, bool) {
         let mut state = self.lock();
         let Some(index) = state.consumers.iter().position(|c| c.key == key) else {
             return (Vec::new(), false);
@@ -701,7 +668,7 @@ impl Queue {
     }
 
     /// Acknowledges `tag` (and, cumulatively, every earlier delivery to the consumer).
-    pub fn ack(self: &Arc<Queue>, key: u64, tag: u64, cumulative: bool) -> Result<(), UnknownAck> {
+    pub fn ack(&self, key: u64, tag: u64, cumulative: bool) -> Result<(), UnknownAck> {
         let mut state = self.lock();
         let consumer = state
             .consumers
@@ -720,7 +687,7 @@ impl Queue {
     /// the queue, or to the dead-letter queue when `requeue` is false or the delivery
     /// limit is reached.
     pub fn nack(
-        self: &Arc<Queue>,
+        &self,
         key: u64,
         tag: u64,
         cumulative: bool,
@@ -769,7 +736,7 @@ impl Queue {
     }
 
     /// Auto-acknowledged deliveries were written.
-    fn settle(self: &Arc<Queue>, key: u64, tags: &[u64]) -> Result<(), UnknownAck> {
+    fn settle_written(&self, key: u64, tags: &[u64]) -> Result<(), UnknownAck> {
         let mut state = self.lock();
         let consumer = state
             .consumers
@@ -822,7 +789,7 @@ impl Queue {
     }
 
     /// Serves ready messages to consumers with credit, round-robin.
-    fn dispatch(self: &Arc<Queue>, state: &mut State) {
+    fn dispatch(&self, state: &mut State) {
         let before = state.ready.len();
         // Read the clock only if some message can expire.
         let mut now = None;
@@ -857,11 +824,7 @@ impl Queue {
                     tag,
                 }),
                 redelivered: item.deliveries > 1,
-                settle: auto.then(|| Settle {
-                    queue: self.clone(),
-                    consumer: consumer.key,
-                    tag,
-                }),
+                settle: auto.then(|| Settle::new(self.me.clone(), consumer.key, tag)),
             };
             if consumer.outbox.deliver_with_credit(delivery).is_err() {
                 // The consumer's session is closing: keep the message for the others and
@@ -893,6 +856,13 @@ impl Queue {
     }
 }
 
+impl Settler for Queue {
+    fn settle(&self, consumer: u64, tags: &[u64]) {
+        // A consumer that left took its deliveries back with it.
+        let _ = self.settle_written(consumer, tags);
+    }
+}
+
 /// Takes `tag` (and every earlier one when `cumulative`) out of `unacked`.
 fn take(unacked: &mut Unacked, tag: u64, cumulative: bool) -> Result<Vec<Queued>, UnknownAck> {
     let taken = if cumulative {
@@ -901,43 +871,6 @@ fn take(unacked: &mut Unacked, tag: u64, cumulative: bool) -> Result<Vec<Queued>
         unacked.remove(tag).map(|item| vec![item])
     };
     taken.ok_or(UnknownAck)
-}
-
-/// What a client acknowledges a queue delivery by: the consumer it went to and its
-/// delivery tag, sent as the `ack` header `<consumer>.<tag>`. Kept as numbers until the
-/// writer puts them on the wire, so a delivery allocates no text for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AckTag {
-    /// The consumer's key in its session.
-    pub consumer: u64,
-    /// The delivery tag.
-    pub tag: u64,
-}
-
-impl AckTag {
-    /// The longest header value: two 20-digit numbers and the dot.
-    pub const MAX_LEN: usize = 41;
-
-    /// Reads an `ack`/`id` header value written by [`AckTag::write`].
-    pub fn parse(id: &str) -> Option<AckTag> {
-        let (consumer, tag) = id.split_once('.')?;
-        Some(AckTag {
-            consumer: consumer.parse().ok()?,
-            tag: tag.parse().ok()?,
-        })
-    }
-
-    /// Writes the header value into `buf` and returns it.
-    pub fn write(self, buf: &mut [u8; AckTag::MAX_LEN]) -> &str {
-        let mut numbers = (itoa::Buffer::new(), itoa::Buffer::new());
-        let consumer = numbers.0.format(self.consumer).as_bytes();
-        let tag = numbers.1.format(self.tag).as_bytes();
-        let len = consumer.len() + 1 + tag.len();
-        buf[..consumer.len()].copy_from_slice(consumer);
-        buf[consumer.len()] = b'.';
-        buf[consumer.len() + 1..len].copy_from_slice(tag);
-        std::str::from_utf8(&buf[..len]).expect("digits and a dot")
-    }
 }
 
 #[cfg(test)]
@@ -989,7 +922,7 @@ mod tests {
                 let tag = delivery
                     .ack
                     .map(|ack| ack.tag)
-                    .or(delivery.settle.as_ref().map(|s| s.tag))
+                    .or(delivery.settle.as_ref().map(|s| s.tag()))
                     .unwrap();
                 let body = String::from_utf8(delivery.message.body().to_vec()).unwrap();
                 out.push((body, tag, delivery.redelivered));
@@ -1089,20 +1022,6 @@ mod tests {
         let mut c = consumer(&queue, 1, AckMode::Auto, 10_000);
         assert_eq!(c.received().len(), 5000);
         assert!(queue.lock().ready.capacity() <= KEEP_READY);
-    }
-
-    #[test]
-    fn ack_tags_read_back_what_they_write() {
-        for (consumer, tag) in [(0, 0), (7, 12345), (u64::MAX, u64::MAX)] {
-            let ack = AckTag { consumer, tag };
-            let mut text = [0; AckTag::MAX_LEN];
-            let written = ack.write(&mut text);
-            assert_eq!(written, format!("{consumer}.{tag}"));
-            assert_eq!(AckTag::parse(written), Some(ack));
-        }
-        for bad in ["", "1", "1.", ".1", "1.x", "-1.2", "1.2.3"] {
-            assert_eq!(AckTag::parse(bad), None, "{bad}");
-        }
     }
 
     #[test]

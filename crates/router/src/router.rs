@@ -17,36 +17,14 @@ use postbox_stomp::{ByteString, Headers};
 use tokio::time::Instant;
 
 use crate::budget::Budget;
-use crate::outbox::{Delivery, Outbox, PushError};
+use crate::delivery::{AckMode, Delivery};
+use crate::outbox::{Outbox, PushError};
 use crate::queue::{
     DeadLetter, Offer, Overflow, Queue, QueueSettings, QueueStats, Queued, UnknownAck,
 };
 use crate::relay::{NoRelay, QueueStore, Relay, StoreError};
 use crate::topic::{Entry, Pattern, TopicIndex};
 use crate::{Destination, DestinationKind, Message, RouteError};
-
-/// How a subscription acknowledges messages (the SUBSCRIBE `ack` header).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum AckMode {
-    /// Messages count as acknowledged once sent.
-    Auto,
-    /// ACK is cumulative: it acknowledges every earlier message of the subscription.
-    Client,
-    /// ACK acknowledges only the named message.
-    ClientIndividual,
-}
-
-impl AckMode {
-    /// Parses the `ack` header value.
-    pub fn parse(value: &str) -> Option<AckMode> {
-        match value {
-            "auto" => Some(AckMode::Auto),
-            "client" => Some(AckMode::Client),
-            "client-individual" => Some(AckMode::ClientIndividual),
-            _ => None,
-        }
-    }
-}
 
 /// Settings of one router.
 #[derive(Clone, Debug)]
