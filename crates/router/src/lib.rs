@@ -37,7 +37,7 @@ pub use error::RouteError;
 pub use message::{DETACH_BELOW, Message};
 pub use outbox::{CloseReason, Notification, Outbox, OutboxReceiver, PushError, outbox};
 pub use queue::{Overflow, Queue, QueueSettings, QueueStats, Queued, UnknownAck};
-pub use relay::{BoxFuture, NoRelay, QueueStore, Relay, StoreError, StoreReceipt};
+pub use relay::{BoxFuture, LocalQueue, NoRelay, QueueStore, Relay, StoreError, StoreReceipt};
 pub use router::{
     MAX_PREFETCH, QueueCache, Router, RouterConfig, RouterStats, Subscriber, Subscription,
     TempQueue,

@@ -11,6 +11,8 @@
 //! block.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -22,7 +24,7 @@ use tokio::time::Instant;
 use crate::budget::{Budget, Charge};
 use crate::delivery::{AckMode, AckTag, Delivery, Settle, Settler};
 use crate::outbox::{CloseReason, Outbox};
-use crate::relay::{QueueStore, StoreReceipt};
+use crate::relay::{LocalQueue, QueueStore, StoreReceipt};
 use crate::unacked::Unacked;
 use crate::{Destination, Message};
 
@@ -333,40 +335,6 @@ impl Queue {
         if let Some(totals) = &self.totals {
             counter(totals).fetch_add(n, Ordering::Relaxed);
         }
-    }
-
-    /// How many more messages the consumers could take now: their free prefetch credit
-    /// minus what is already waiting. A cluster fetcher asks for this many.
-    pub fn demand(&self) -> usize {
-        let state = self.lock();
-        let credit: usize = state
-            .consumers
-            .iter()
-            .filter(|c| !c.gone && c.outbox.accepts())
-            .map(|c| c.prefetch.saturating_sub(c.unacked.len()))
-            .sum();
-        credit.saturating_sub(state.ready.len())
-    }
-
-    /// Resolves when [`Queue::demand`] may have grown (a cluster fetcher waits on it).
-    pub async fn demand_changed(&self) {
-        self.demand.notified().await
-    }
-
-    /// Receipts of every store message held here (waiting or unacknowledged).
-    pub fn held_receipts(&self) -> Vec<StoreReceipt> {
-        let state = self.lock();
-        state
-            .ready
-            .iter()
-            .chain(
-                state
-                    .consumers
-                    .iter()
-                    .flat_map(|c| c.unacked.iter().map(|(_, q)| q)),
-            )
-            .filter_map(|q| q.receipt.clone())
-            .collect()
     }
 
     /// Tells the store these messages are done with.
@@ -853,6 +821,64 @@ impl Queue {
         if self.store.is_some() {
             self.demand.notify_waiters();
         }
+    }
+}
+
+impl LocalQueue for Queue {
+    fn destination(&self) -> &Destination {
+        &self.destination
+    }
+
+    fn consumer_count(&self) -> usize {
+        Queue::consumer_count(self)
+    }
+
+    fn demand(&self) -> usize {
+        let state = self.lock();
+        let credit: usize = state
+            .consumers
+            .iter()
+            .filter(|c| !c.gone && c.outbox.accepts())
+            .map(|c| c.prefetch.saturating_sub(c.unacked.len()))
+            .sum();
+        credit.saturating_sub(state.ready.len())
+    }
+
+    fn demand_changed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.demand.notified())
+    }
+
+    fn held_receipts(&self) -> Vec<StoreReceipt> {
+        let state = self.lock();
+        state
+            .ready
+            .iter()
+            .chain(
+                state
+                    .consumers
+                    .iter()
+                    .flat_map(|c| c.unacked.iter().map(|(_, q)| q)),
+            )
+            .filter_map(|q| q.receipt.clone())
+            .collect()
+    }
+
+    fn fetched(
+        &self,
+        message: Arc<Message>,
+        expires_at: Option<Instant>,
+        delivered_before: bool,
+        receipt: StoreReceipt,
+    ) -> bool {
+        let mut queued = Queued::new(message, expires_at, None);
+        queued.deliveries = u32::from(delivered_before);
+        queued.receipt = Some(receipt);
+        self.force(queued).is_ok()
+    }
+
+    fn count_expired(&self) {
+        // This queue's counter only, not the router's totals, as it always was.
+        self.stats.expired.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -232,7 +232,7 @@ impl Router {
         if let Cleanup::Shared = cleanup {
             self.queue_interest(&queue);
             if let Some(store) = &self.shared.store {
-                store.attach(self.vhost(), &queue);
+                store.attach(self.vhost(), queue.clone());
             }
         }
         Subscription {
