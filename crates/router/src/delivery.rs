@@ -2,7 +2,7 @@
 //!
 //! A [`Delivery`] is one message for one subscription. Queue deliveries carry either an
 //! [`AckTag`] (the client acknowledges them) or a [`Settle`] (they count as acknowledged
-//! once written, `ack:auto`). A `Settle` reaches its queue through the narrow [`Settler`]
+//! once written, `ack:auto`). A `Settle` reaches its queue through the narrow `Settler`
 //! trait and holds it weakly, so this module does not know queues, and a delivery
 //! sitting in an outbox does not keep its queue alive: the queue owns its consumers,
 //! a consumer owns its outbox, and the outbox owns its pending deliveries.

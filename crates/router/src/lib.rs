@@ -28,7 +28,6 @@ pub mod queue;
 pub mod relay;
 pub mod router;
 pub mod topic;
-mod unacked;
 
 pub use budget::{Budget, Charge};
 pub use delivery::{AckMode, AckTag, Delivery, Settle};
