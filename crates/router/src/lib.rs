@@ -10,7 +10,8 @@
 //! - [`delivery`]: a [`Delivery`] of a message to one subscription, and how it is
 //!   acknowledged ([`AckMode`], [`AckTag`], [`Settle`]).
 //! - [`topic`]: the subscription index with `*` and `#` wildcards.
-//! - [`outbox`]: a session's byte-bounded outbound queue and slow-consumer detection.
+//! - [`outbox`](mod@outbox): a session's byte-bounded outbound queue and slow-consumer
+//!   detection.
 //! - [`queue`]: queues with competing consumers, acknowledgements, redelivery, expiry
 //!   and dead-lettering.
 //! - [`router`]: [`Router`], which ties them together.
