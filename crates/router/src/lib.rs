@@ -17,6 +17,14 @@
 //! - [`router`]: [`Router`], which ties them together.
 //! - [`relay`]: the seam to other nodes.
 //! - [`budget`]: the byte budget that all queues share.
+//!
+//! Modules depend on each other in one direction only, from the bottom up: `error`,
+//! `budget` and `topic` on nothing here; `destination` on `error`; `message` on
+//! `destination`; `delivery` on `message`; `outbox` on `delivery`; `relay` on
+//! `destination` and `message`; `queue` on all of those but `topic`; `router` on
+//! everything. A queue is reached from below only through traits defined below it:
+//! deliveries settle through `delivery`'s settler, and a cluster's store sees a
+//! [`LocalQueue`].
 #![deny(missing_docs)]
 
 pub mod budget;

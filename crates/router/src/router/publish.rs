@@ -81,6 +81,9 @@ impl Router {
         match message.destination().kind() {
             DestinationKind::Topic => {
                 self.route_topic(&message, expires_at);
+                // Only here, for a local client's message, is the relay called: other
+                // nodes deliver what it forwards through `publish_local`, which never
+                // calls it, so a message crosses at most one hop.
                 self.shared.relay.forward(self.vhost(), &message);
             }
             DestinationKind::Queue => match &self.shared.store {
@@ -170,7 +173,8 @@ impl Router {
         }
     }
 
-    /// Delivers a message that came from another node to local subscribers only.
+    /// Delivers a message that came from another node to local subscribers only; the
+    /// relay is never called from here (one hop, see [`crate::relay`]).
     pub fn publish_local(&self, message: Arc<Message>) {
         self.shared.stats.published.fetch_add(1, Ordering::Relaxed);
         match message.destination().kind() {

@@ -53,6 +53,7 @@ impl Router {
         self.consume(temp.queue.clone(), subscriber, Cleanup::Owned)
     }
 
+    /// The subscriber's prefetch, defaulted and capped.
     fn prefetch(&self, subscriber: &Subscriber) -> usize {
         match subscriber.prefetch {
             None => self.shared.config.default_prefetch,
@@ -194,18 +195,20 @@ enum Cleanup {
     Owned,
 }
 
+/// What a subscription is attached to, and so what its end undoes.
 #[derive(Debug)]
 enum Target {
+    /// An entry in the topic index.
     Topic {
+        /// The topic name or pattern, without `/topic/`.
         name: ByteString,
+        /// Whether `name` is a pattern.
         wildcard: bool,
         /// The private queue of an acknowledging topic subscription.
         queue: Option<Arc<Queue>>,
     },
-    Queue {
-        queue: Arc<Queue>,
-        cleanup: Cleanup,
-    },
+    /// A consumer of a queue.
+    Queue { queue: Arc<Queue>, cleanup: Cleanup },
 }
 
 /// An active subscription; dropping it unsubscribes, and a queue gets back what the
@@ -272,6 +275,9 @@ impl Drop for Subscription {
                 }
             }
             Target::Queue { queue, cleanup } => {
+                // The consumer leaves first: what it held is back in the queue (or on
+                // its way to the dead-letter queue) before the relay hears of the lower
+                // count, and before an idle queue is forgotten.
                 let (dead, idle) = queue.remove_consumer(self.key);
                 self.router.bury(dead);
                 if let Cleanup::Shared = cleanup {
