@@ -65,7 +65,8 @@ impl LocalQueue for Queue {
     }
 
     fn count_expired(&self) {
-        // This queue's counter only, not the router's totals, as it always was.
+        // This queue's counter only: unlike `Queue::count`, the router's totals are not
+        // told. That is how the store has always counted these; kept as it was.
         self.stats.expired.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -515,3 +515,23 @@ fn auto_deliveries_a_live_writer_holds_come_back_redelivered() {
     let mut b = consumer(&queue, 2, AckMode::Auto, 1);
     assert!(b.received()[0].2, "redelivered");
 }
+
+#[test]
+fn a_pending_auto_delivery_does_not_keep_its_queue_alive() {
+    let queue = queue(QueueSettings::default());
+    let (outbox, mut rx) = outbox(1 << 30);
+    queue.add_consumer(1, outbox, "sub".into(), AckMode::Auto, 10);
+    offer(&queue, "1");
+    offer(&queue, "2");
+    // One delivery taken by the writer, one still in the outbox, which the queue's
+    // consumer owns: neither may hold the queue, or the queue could never be freed
+    // without removing its consumer first.
+    let Some(Notification::Deliver(mut taken)) = rx.try_recv() else {
+        panic!("no delivery")
+    };
+    let weak = Arc::downgrade(&queue);
+    drop(queue);
+    assert!(weak.upgrade().is_none(), "the queue was freed");
+    // Settling against a freed queue is a no-op.
+    taken.settle.take().unwrap().written();
+}
