@@ -16,8 +16,8 @@ use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 use postbox_router::{
-    BoxFuture, Destination, Message as RouterMessage, Overflow, Queue, QueueStore, Queued,
-    StoreError, StoreReceipt,
+    BoxFuture, Destination, LocalQueue, Message as RouterMessage, Overflow, QueueStore, StoreError,
+    StoreReceipt,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -28,7 +28,7 @@ use crate::{ClusterRelay, Control, GROUP, Inner};
 /// A running fetch loop for one local queue.
 #[derive(Debug)]
 pub(crate) struct Fetcher {
-    queue: Arc<Queue>,
+    queue: Arc<dyn LocalQueue>,
     doorbell: Arc<Notify>,
 }
 
@@ -58,7 +58,7 @@ impl QueueStore for ClusterRelay {
         Box::pin(async move { append(&inner, &vhost, &queue, &message, expires_at).await })
     }
 
-    fn attach(&self, vhost: &str, queue: &Arc<Queue>) {
+    fn attach(&self, vhost: &str, queue: Arc<dyn LocalQueue>) {
         let key = (vhost.to_owned(), queue.destination().as_str().to_owned());
         let mut fetchers = self
             .inner
@@ -67,7 +67,7 @@ impl QueueStore for ClusterRelay {
             .unwrap_or_else(|p| p.into_inner());
         if fetchers
             .get(&key)
-            .is_some_and(|f| Arc::ptr_eq(&f.queue, queue))
+            .is_some_and(|f| Arc::ptr_eq(&f.queue, &queue))
         {
             return;
         }
@@ -79,12 +79,7 @@ impl QueueStore for ClusterRelay {
                 doorbell: doorbell.clone(),
             },
         );
-        tokio::spawn(fetch(
-            self.inner.clone(),
-            vhost.to_owned(),
-            queue.clone(),
-            doorbell,
-        ));
+        tokio::spawn(fetch(self.inner.clone(), vhost.to_owned(), queue, doorbell));
     }
 
     fn settle(&self, vhost: &str, queue: &Destination, receipts: Vec<StoreReceipt>) {
@@ -232,7 +227,12 @@ pub(crate) fn ring(inner: &Inner, vhost: &str, queue: &str) {
 }
 
 /// Fetches entries for a local queue while it has consumers.
-async fn fetch(inner: Arc<Inner>, vhost: String, queue: Arc<Queue>, doorbell: Arc<Notify>) {
+async fn fetch(
+    inner: Arc<Inner>,
+    vhost: String,
+    queue: Arc<dyn LocalQueue>,
+    doorbell: Arc<Notify>,
+) {
     let name = queue.destination().as_str().to_owned();
     let key = inner.stream_key(&vhost, &name);
     let claim_idle = inner.config.claim_idle;
@@ -257,12 +257,12 @@ async fn fetch(inner: Arc<Inner>, vhost: String, queue: Arc<Queue>, doorbell: Ar
         let mut fetched = 0;
         if queue.demand() > 0 {
             if Instant::now() >= next_claim {
-                fetched += claim(&inner, &key, &queue).await;
+                fetched += claim(&inner, &key, &*queue).await;
                 next_claim = Instant::now() + claim_every;
             }
             let demand = queue.demand();
             if demand > 0 {
-                fetched += read_new(&inner, &key, &queue, demand).await;
+                fetched += read_new(&inner, &key, &*queue, demand).await;
             }
         }
         if Instant::now() >= next_touch {
@@ -282,7 +282,7 @@ async fn fetch(inner: Arc<Inner>, vhost: String, queue: Arc<Queue>, doorbell: Ar
 }
 
 /// Reads new entries for this node.
-async fn read_new(inner: &Inner, key: &str, queue: &Arc<Queue>, count: usize) -> usize {
+async fn read_new(inner: &Inner, key: &str, queue: &dyn LocalQueue, count: usize) -> usize {
     if let Err(error) = ensure_group(inner, key).await {
         inner.failed("creating a queue's consumer group", &error);
         return 0;
@@ -311,7 +311,7 @@ async fn read_new(inner: &Inner, key: &str, queue: &Arc<Queue>, count: usize) ->
 }
 
 /// Takes over entries another node held too long (it died), oldest first.
-async fn claim(inner: &Inner, key: &str, queue: &Arc<Queue>) -> usize {
+async fn claim(inner: &Inner, key: &str, queue: &dyn LocalQueue) -> usize {
     let args = vec![
         text(key),
         text(GROUP),
@@ -335,7 +335,7 @@ async fn claim(inner: &Inner, key: &str, queue: &Arc<Queue>) -> usize {
 }
 
 /// Hands fetched entries to the local queue; returns how many.
-fn take(inner: &Inner, key: &str, queue: &Arc<Queue>, reply: Value, claimed: bool) -> usize {
+fn take(inner: &Inner, key: &str, queue: &dyn LocalQueue, reply: Value, claimed: bool) -> usize {
     let mut entries = Vec::new();
     collect_entries(&reply, &mut entries);
     let count = entries.len();
@@ -355,20 +355,14 @@ fn take(inner: &Inner, key: &str, queue: &Arc<Queue>, reply: Value, claimed: boo
             Some(at) => match at.duration_since(SystemTime::now()) {
                 Ok(left) => Instant::now().checked_add(left),
                 Err(_) => {
-                    queue
-                        .stats()
-                        .expired
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    queue.count_expired();
                     expired.push(id);
                     continue;
                 }
             },
         };
-        let mut queued = Queued::new(message, expires_at, None);
         // A claimed entry was delivered before, on the node that died.
-        queued.deliveries = u32::from(claimed);
-        queued.receipt = Some(StoreReceipt(id.clone()));
-        if queue.force(queued).is_err() {
+        if !queue.fetched(message, expires_at, claimed, StoreReceipt(id.clone())) {
             refused.push(id);
         }
     }

@@ -7,16 +7,28 @@
 //!
 //! - [`destination`]: what `/topic/...`, `/queue/...` and `/temp-queue/...` mean.
 //! - [`message`]: a published [`Message`], encoded once and shared.
+//! - [`delivery`]: a [`Delivery`] of a message to one subscription, and how it is
+//!   acknowledged ([`AckMode`], [`AckTag`], [`Settle`]).
 //! - [`topic`]: the subscription index with `*` and `#` wildcards.
-//! - [`outbox`]: a session's byte-bounded outbound queue and slow-consumer detection.
+//! - [`outbox`](mod@outbox): a session's byte-bounded outbound queue and slow-consumer
+//!   detection.
 //! - [`queue`]: queues with competing consumers, acknowledgements, redelivery, expiry
 //!   and dead-lettering.
 //! - [`router`]: [`Router`], which ties them together.
 //! - [`relay`]: the seam to other nodes.
 //! - [`budget`]: the byte budget that all queues share.
+//!
+//! Modules depend on each other in one direction only, from the bottom up: `error`,
+//! `budget` and `topic` on nothing here; `destination` on `error`; `message` on
+//! `destination`; `delivery` on `message`; `outbox` on `delivery`; `relay` on
+//! `destination` and `message`; `queue` on all of those but `topic`; `router` on
+//! everything. A queue is reached from below only through traits defined below it:
+//! deliveries settle through `delivery`'s settler, and a cluster's store sees a
+//! [`LocalQueue`].
 #![deny(missing_docs)]
 
 pub mod budget;
+pub mod delivery;
 pub mod destination;
 pub mod error;
 pub mod message;
@@ -25,16 +37,16 @@ pub mod queue;
 pub mod relay;
 pub mod router;
 pub mod topic;
-mod unacked;
 
 pub use budget::{Budget, Charge};
+pub use delivery::{AckMode, AckTag, Delivery, Settle};
 pub use destination::{Destination, DestinationKind};
 pub use error::RouteError;
 pub use message::{DETACH_BELOW, Message};
-pub use outbox::{CloseReason, Delivery, Notification, Outbox, OutboxReceiver, PushError, outbox};
-pub use queue::{AckTag, Overflow, Queue, QueueSettings, QueueStats, Queued, Settle, UnknownAck};
-pub use relay::{BoxFuture, NoRelay, QueueStore, Relay, StoreError, StoreReceipt};
+pub use outbox::{CloseReason, Notification, Outbox, OutboxReceiver, PushError, outbox};
+pub use queue::{Overflow, Queue, QueueSettings, QueueStats, Queued, UnknownAck};
+pub use relay::{BoxFuture, LocalQueue, NoRelay, QueueStore, Relay, StoreError, StoreReceipt};
 pub use router::{
-    AckMode, MAX_PREFETCH, QueueCache, Router, RouterConfig, RouterStats, Subscriber, Subscription,
+    MAX_PREFETCH, QueueCache, Router, RouterConfig, RouterStats, Subscriber, Subscription,
     TempQueue,
 };

@@ -10,12 +10,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use postbox_stomp::{ByteString, Frame, encode};
+use postbox_stomp::{Frame, encode};
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use crate::Message;
-use crate::queue::{AckTag, Settle};
+use crate::delivery::Delivery;
 
 /// Why an outbox was closed from outside its session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,30 +28,6 @@ pub enum CloseReason {
     Shutdown,
     /// An operator closed the connection.
     Admin,
-}
-
-/// One message for one subscription of the session.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// The message, shared with the other subscribers.
-    pub message: Arc<Message>,
-    /// The client's subscription `id`.
-    pub subscription: ByteString,
-    /// The `ack` header to send, for subscriptions that acknowledge.
-    pub ack: Option<AckTag>,
-    /// Whether the message was delivered before (sent as `redelivered:true`).
-    pub redelivered: bool,
-    /// For auto-acknowledged queue deliveries: to be called once written.
-    pub settle: Option<Settle>,
-}
-
-impl Delivery {
-    /// Bytes this delivery counts against the outbox limit.
-    pub fn cost(&self) -> usize {
-        self.message.wire_size()
-            + self.subscription.len()
-            + self.ack.map_or(0, |_| AckTag::MAX_LEN + 5)
-    }
 }
 
 /// What a session's writer receives.
@@ -389,7 +364,7 @@ impl OutboxReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Destination;
+    use crate::{Destination, Message};
     use bytes::Bytes;
     use postbox_stomp::Headers;
 

@@ -7,8 +7,9 @@
 //! never calls the relay again, so a message crosses at most one hop.
 //!
 //! Queues are different: in a cluster a queue is one queue for all nodes, so its
-//! messages live in a shared [`QueueStore`] and each node's local [`Queue`] only holds
-//! the messages it fetched for its own consumers.
+//! messages live in a shared [`QueueStore`] and each node's local [`Queue`](crate::Queue)
+//! only holds the messages it fetched for its own consumers. The store sees that local
+//! queue through [`LocalQueue`], which is all it needs to fetch for it.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -16,7 +17,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::queue::Queue;
+use tokio::time::Instant;
+
 use crate::{Destination, Message};
 
 /// A boxed future, for the store's asynchronous calls.
@@ -52,7 +54,7 @@ pub trait QueueStore: Send + Sync + Debug + 'static {
     /// Starts fetching messages of `queue` for its local consumers; called when a
     /// queue gets a local consumer. Fetching stops by itself when the consumers are
     /// gone.
-    fn attach(&self, vhost: &str, queue: &Arc<Queue>);
+    fn attach(&self, vhost: &str, queue: Arc<dyn LocalQueue>);
 
     /// These messages were acknowledged (or moved to a dead-letter queue): forget them.
     fn settle(&self, vhost: &str, queue: &Destination, receipts: Vec<StoreReceipt>);
@@ -60,6 +62,42 @@ pub trait QueueStore: Send + Sync + Debug + 'static {
     /// These messages were fetched but will not be delivered here (the local consumers
     /// left): let another node have them.
     fn release(&self, vhost: &str, queue: &Destination, receipts: Vec<StoreReceipt>);
+}
+
+/// What a [`QueueStore`] sees of one node's local buffer of a shared queue: how much
+/// its consumers could take, and where to put what was fetched for them.
+pub trait LocalQueue: Send + Sync + Debug + 'static {
+    /// The queue's destination.
+    fn destination(&self) -> &Destination;
+
+    /// How many local consumers the queue has; at zero, fetching stops.
+    fn consumer_count(&self) -> usize;
+
+    /// How many more messages the consumers could take now: their free prefetch credit
+    /// minus what is already waiting. A fetcher asks the store for this many.
+    fn demand(&self) -> usize;
+
+    /// Resolves when [`LocalQueue::demand`] may have grown.
+    fn demand_changed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+
+    /// Receipts of every store message held here (waiting or unacknowledged), which
+    /// the store must keep claimed for this node.
+    fn held_receipts(&self) -> Vec<StoreReceipt>;
+
+    /// Takes a fetched message for the local consumers, whatever the queue's limits
+    /// (the store applied them when the message was appended). `delivered_before` marks
+    /// a message taken over from a node that died. Returns false when the queue was
+    /// deleted meanwhile: the message is not taken and should go back to the store.
+    fn fetched(
+        &self,
+        message: Arc<Message>,
+        expires_at: Option<Instant>,
+        delivered_before: bool,
+        receipt: StoreReceipt,
+    ) -> bool;
+
+    /// Counts a fetched message that had expired before it could be taken.
+    fn count_expired(&self);
 }
 
 /// Connects a router to other nodes. Implementations must not block: they queue work for

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use crate::queue::Queued;
+use super::queued::Queued;
 
 /// Deliveries by tag. Tags given to one consumer only grow (they are drawn under its
 /// queue's lock), so a deque kept in tag order serves every lookup by binary search,
