@@ -25,11 +25,22 @@ pub enum RouteError {
     QueueFull(String),
     /// In a cluster, the queue store could not take the message.
     #[error("{0}")]
-    StoreUnavailable(String),
+    StoreUnavailable(StoreError),
     /// The `expiration` header is not a number of milliseconds.
     #[error("invalid expiration '{0}': expected a number of milliseconds")]
     InvalidExpiration(String),
     /// Someone else's temporary queue, or a temporary queue used by name.
     #[error("'{0}' is a temporary queue that only its own connection may subscribe to")]
     NotOwner(String),
+}
+
+/// Why the store did not take a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached; the message was not accepted.
+    #[error("the cluster's queue store is unreachable ({0}); the message was not accepted")]
+    Unavailable(String),
+    /// The queue is at its length limit and its policy is to refuse.
+    #[error("queue '{0}' is full")]
+    Full(String),
 }

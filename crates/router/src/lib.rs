@@ -41,11 +41,11 @@ pub mod topic;
 pub use budget::{Budget, Charge};
 pub use delivery::{AckMode, AckTag, Delivery, Settle};
 pub use destination::{Destination, DestinationKind};
-pub use error::RouteError;
+pub use error::{RouteError, StoreError};
 pub use message::{DETACH_BELOW, Message};
 pub use outbox::{CloseReason, Notification, Outbox, OutboxReceiver, PushError, outbox};
 pub use queue::{Overflow, Queue, QueueSettings, QueueStats, Queued, UnknownAck};
-pub use relay::{BoxFuture, LocalQueue, NoRelay, QueueStore, Relay, StoreError, StoreReceipt};
+pub use relay::{BoxFuture, LocalQueue, NoRelay, QueueStore, Relay, StoreReceipt};
 pub use router::{
     MAX_PREFETCH, QueueCache, Router, RouterConfig, RouterStats, Subscriber, Subscription,
     TempQueue,

@@ -19,6 +19,7 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
+use crate::error::StoreError;
 use crate::{Destination, Message};
 
 /// A boxed future, for the store's asynchronous calls.
@@ -27,17 +28,6 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// Identifies a queue message in the shared store (for Redis, a stream entry id).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StoreReceipt(pub Arc<str>);
-
-/// Why the store did not take a message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    /// The store cannot be reached; the message was not accepted.
-    #[error("the cluster's queue store is unreachable ({0}); the message was not accepted")]
-    Unavailable(String),
-    /// The queue is at its length limit and its policy is to refuse.
-    #[error("queue '{0}' is full")]
-    Full(String),
-}
 
 /// Where a cluster keeps its queues' messages.
 pub trait QueueStore: Send + Sync + Debug + 'static {

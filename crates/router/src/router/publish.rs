@@ -11,9 +11,9 @@ use tokio::time::Instant;
 use super::core::{Router, TopicSink};
 use super::temp::reply_queue_node;
 use crate::delivery::Delivery;
+use crate::error::StoreError;
 use crate::outbox::PushError;
 use crate::queue::{Offer, Queue, Queued};
-use crate::relay::StoreError;
 use crate::{Destination, DestinationKind, Message, RouteError};
 
 /// A publisher's most recent queue, so that a run of SENDs to one queue skips the
@@ -100,7 +100,7 @@ impl Router {
                     );
                     stored.await.map_err(|error| match error {
                         StoreError::Full(queue) => RouteError::QueueFull(queue),
-                        other => RouteError::StoreUnavailable(other.to_string()),
+                        other => RouteError::StoreUnavailable(other),
                     })?;
                 }
                 None => {
