@@ -35,6 +35,12 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "==> module cycles"
+python3 scripts/module-cycles.py
+
+echo "==> cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
 echo "==> doc tests"
 cargo test --workspace --doc --locked --quiet
 
