@@ -136,7 +136,8 @@ struct Outgoing {
     payload: Bytes,
 }
 
-/// Work for the control task, done in order.
+/// Work for the control task, done in order (except that acknowledgements are merged per
+/// stream and sent after the rest of their batch).
 #[derive(Debug)]
 enum Control {
     /// The local subscription count of a destination changed.
@@ -156,16 +157,28 @@ enum Control {
     },
 }
 
+/// The relay's shared state. Of its five locks only `fetchers` is ever held while
+/// another lock is taken (a local queue's state, through `consumer_count`); the other
+/// four are leaves, held for a lookup or an update and never across an `.await` or a
+/// call into a router. Work that needs Redis goes to the tasks through `outgoing` and
+/// `control`, so the router's callers never wait on the network.
 struct Inner {
     config: ClusterConfig,
+    /// Commands and publishes.
     client: Client,
+    /// The subscription to this node's inbox and the interest events.
     subscriber: fred::clients::SubscriberClient,
+    /// Where arriving messages are delivered, by virtual host.
     routers: RwLock<HashMap<String, Router>>,
+    /// What the other nodes want (their interest), for choosing where to forward.
     replica: RwLock<Replica>,
     /// This node's subscription counts, by (vhost, destination).
     local: Mutex<HashMap<(String, String), usize>>,
+    /// Envelopes for other nodes' inboxes, published in pipelined batches.
     outgoing: mpsc::Sender<Outgoing>,
+    /// Interest announcements and queue bookkeeping, bounded by [`CONTROL_CAPACITY`].
     control: mpsc::Sender<Control>,
+    /// The fetch task of each local queue with consumers, by (vhost, queue).
     fetchers: Mutex<HashMap<(String, String), store::Fetcher>>,
     /// Stream keys whose consumer group is known to exist.
     groups: Mutex<HashSet<String>>,

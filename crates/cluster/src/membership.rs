@@ -51,6 +51,11 @@ pub(crate) async fn announce(inner: &Inner) -> Result<(), Error> {
 }
 
 /// Re-reads the live nodes and their interest; forgets nodes whose liveness expired.
+///
+/// A node is alive while its liveness key exists; the key expires `node_ttl` after the
+/// node last refreshed it (every `tick`, a third of the TTL). So a crashed node stops
+/// receiving forwarded messages within `node_ttl` plus one tick, and any node may clean
+/// up after it: removing it twice is harmless.
 pub(crate) async fn sync(inner: &Inner) {
     if let Err(error) = sync_inner(inner).await {
         inner.failed("reading cluster membership", &error);

@@ -147,6 +147,8 @@ fn deliver(inner: &Arc<Inner>, payload: bytes::Bytes) {
     let Some(router) = inner.router(&envelope.vhost) else {
         return;
     };
+    // `publish_local` delivers to this node's subscribers only and never hands the
+    // message back to the relay: that is what keeps every message to one hop.
     match wire::decode_message(envelope.payload) {
         Ok((message, _)) => router.publish_local(message),
         Err(error) => warn!("cluster: {error}"),
@@ -222,7 +224,9 @@ pub(crate) async fn controller(inner: Arc<Inner>, mut control: mpsc::Receiver<Co
         if n == 0 {
             return;
         }
-        // Acknowledgements of one stream are merged into one XACK and one XDEL.
+        // Acknowledgements of one stream are merged into one XACK and one XDEL, done
+        // after the batch's other items. That reordering is safe: an entry is either
+        // settled or released, never both, and interest changes do not touch entries.
         let mut settles: HashMap<String, Vec<Arc<str>>> = HashMap::new();
         for item in batch.drain(..) {
             match item {
@@ -246,6 +250,10 @@ pub(crate) async fn controller(inner: Arc<Inner>, mut control: mpsc::Receiver<Co
     }
 }
 
+/// Records this node's count for a destination in its interest hash (which nodes joining
+/// later read), then tells the running nodes through the events channel (which they
+/// apply to their replica at once). If either step fails, the heartbeat's rewrite of the
+/// whole hash repairs the hash, and other nodes' periodic re-read repairs their replica.
 async fn announce_interest(inner: &Inner, vhost: &str, destination: &str, count: usize) {
     let key = inner.interest_key(inner.node());
     let field = interest_field(vhost, destination);

@@ -227,6 +227,19 @@ pub(crate) fn ring(inner: &Inner, vhost: &str, queue: &str) {
 }
 
 /// Fetches entries for a local queue while it has consumers.
+///
+/// Invariants:
+/// - At most one fetcher runs per local queue: `attach` registers it in `fetchers` and
+///   this loop removes itself under the same lock, after seeing no consumer. A consumer
+///   added meanwhile either finds this fetcher still registered (and the loop, checking
+///   under the lock, sees the consumer and goes on) or, once it is gone, starts a new one.
+/// - A live node keeps what it holds: `touch_every` (a third of `claim_idle`) refreshes
+///   every held entry's idle time about three times per claim period, so only a node
+///   that stopped for longer than about two thirds of `claim_idle` loses entries to a
+///   claim.
+/// - Fetching never exceeds the local consumers' credit (`demand`), so a node holds no
+///   more than it can hand out; claims come first, so a dead node's entries, the oldest,
+///   go out before new ones.
 async fn fetch(
     inner: Arc<Inner>,
     vhost: String,
@@ -242,6 +255,7 @@ async fn fetch(
     let mut next_touch = Instant::now() + touch_every;
     loop {
         {
+            // Lock order: `fetchers`, then the queue's own state (`consumer_count`).
             let mut fetchers = inner.fetchers.lock().unwrap_or_else(|p| p.into_inner());
             if queue.consumer_count() == 0 || inner.stop.is_cancelled() {
                 let map_key = (vhost.clone(), name.clone());
@@ -269,9 +283,12 @@ async fn fetch(
             touch(&inner, &key, queue.held_receipts()).await;
             next_touch = Instant::now() + touch_every;
         }
+        // Something came: there may be more right away, so ask again before sleeping.
         if fetched > 0 {
             continue;
         }
+        // Woken by a SEND to this queue anywhere in the cluster (the doorbell), by freed
+        // credit, or by the timer that also drives claims and touches.
         tokio::select! {
             _ = inner.stop.cancelled() => {}
             _ = doorbell.notified() => {}
@@ -335,6 +352,11 @@ async fn claim(inner: &Inner, key: &str, queue: &dyn LocalQueue) -> usize {
 }
 
 /// Hands fetched entries to the local queue; returns how many.
+///
+/// Every entry ends one of three ways, so none is left pending without an owner that
+/// keeps it fresh: handed to the local queue (held here until acknowledged); expired or
+/// undecodable, settled at once (removed, never delivered); refused by the local queue
+/// (deleted or full meanwhile), released for another node to fetch.
 fn take(inner: &Inner, key: &str, queue: &dyn LocalQueue, reply: Value, claimed: bool) -> usize {
     let mut entries = Vec::new();
     collect_entries(&reply, &mut entries);
