@@ -399,3 +399,74 @@ async fn an_auto_ack_delivery_written_in_full_is_not_handed_back_when_a_later_wr
         "it never reached a client whole"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_never_sends_connect_is_refused_after_the_timeout() {
+    let mut config = Config::defaults();
+    config.connect_timeout_ms = 3_000;
+    let broker = Broker::new(config);
+    let (mut client, session) = broker.open(64 * 1024);
+    let started = tokio::time::Instant::now();
+    let error = client.frame().await.expect("an ERROR");
+    assert_eq!(error.command, Command::Error, "{error:?}");
+    assert!(
+        error.get("message").unwrap_or_default().contains("CONNECT"),
+        "{error:?}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(3_000) && waited < Duration::from_millis(3_100),
+        "refused after {waited:?}"
+    );
+    assert!(client.frame().await.is_none(), "closed after the ERROR");
+    session.await.expect("session ends");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_client_is_closed_after_its_heart_beat_grace_and_one_that_beats_is_not() {
+    let mut config = Config::defaults();
+    config.heartbeat_receive_ms = 1_000;
+    config.heartbeat_grace = 2.0;
+    let broker = Broker::new(config);
+    let connect = "CONNECT\naccept-version:1.2\nhost:/\nheart-beat:1000,0\n\n\0";
+
+    // This one beats every 800 ms, well inside the 2 s of silence allowed, all along.
+    let (mut beating, beating_session) = broker.open(64 * 1024);
+    beating.send(connect).await;
+    assert_eq!(beating.frame().await.unwrap().command, Command::Connected);
+    let beater = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            beating.send("\n").await;
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!beating_session.is_finished(), "a beating client stays");
+
+    // This one says it will beat every second, then says nothing.
+    let (mut silent, silent_session) = broker.open(64 * 1024);
+    silent.send(connect).await;
+    assert_eq!(silent.frame().await.unwrap().command, Command::Connected);
+    let started = tokio::time::Instant::now();
+    let error = silent.frame().await.expect("an ERROR");
+    assert_eq!(error.command, Command::Error, "{error:?}");
+    assert!(
+        error
+            .get("message")
+            .unwrap_or_default()
+            .contains("heart-beat"),
+        "{error:?}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2_000) && waited < Duration::from_millis(2_100),
+        "closed after {waited:?} of silence"
+    );
+    assert!(silent.frame().await.is_none(), "closed after the ERROR");
+    silent_session.await.expect("session ends");
+    assert!(
+        !beating_session.is_finished(),
+        "the other session is untouched"
+    );
+    beater.abort();
+}
