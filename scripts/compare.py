@@ -12,6 +12,11 @@ connections run, so that memory growth is measured from a fresh process.
 
 Usage: scripts/compare.py [--runs 3] [--duration 10] [--brokers postbox,rabbitmq,activemq]
                           [--scenarios fanout-10,...]   (see SCENARIOS below)
+                          [--baseline path/to/an/older/postbox]
+
+With --brokers postbox --baseline BINARY it compares this workspace's build with another
+(for example the previous commit's), run for run, which is how a refactoring shows that
+it changed no figure beyond noise.
 """
 
 import argparse
@@ -88,13 +93,16 @@ def wait_for_port(port, timeout, process=None):
 
 
 class Postbox:
-    name = "postbox"
     credentials = []
 
+    def __init__(self, binary=None, name="postbox"):
+        # Another build (`--baseline`) runs under its own name beside this workspace's.
+        self.binary = Path(binary) if binary else ROOT / "target" / "release" / "postbox"
+        self.name = name
+
     def start(self):
-        binary = ROOT / "target" / "release" / "postbox"
         self.process = subprocess.Popen(
-            [str(binary), "--listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0",
+            [str(self.binary), "--listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0",
              "--max-connections", "20000", "--log-level", "warn"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for line in self.process.stdout:
@@ -318,12 +326,16 @@ def main():
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--brokers", default="postbox,rabbitmq,activemq")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--baseline", metavar="BINARY",
+                        help="also run this postbox binary (an earlier commit's release build) as 'baseline'")
     options = parser.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "postbox-broker", "-p", "postbox-bench"],
                    cwd=ROOT, check=True)
     available = {"postbox": Postbox, "rabbitmq": RabbitMQ, "activemq": ActiveMQ}
     brokers = [available[name]() for name in options.brokers.split(",")]
+    if options.baseline:
+        brokers.append(Postbox(options.baseline, "baseline"))
     scenarios = options.scenarios.split(",")
     results = {(b.name, s): [] for b in brokers for s in scenarios}
     not_applicable = set()
@@ -388,7 +400,7 @@ def main():
             for other in medians[1:]:
                 if medians[0] and other:
                     ratio = medians[0] / other if higher else other / medians[0]
-                    row.append(f"{ratio:.1f}x")
+                    row.append(f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.1f}x")
                 else:
                     row.append("-")
             rows.append(row)
