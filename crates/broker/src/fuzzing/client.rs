@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 /// A queue delivery a client holds and has not acknowledged.
 #[derive(Debug, Clone)]
 pub(super) struct Held {
+    /// The subscription it came on.
     pub(super) subscription: String,
     /// What ACK names it by: the `ack` header (1.2) or the `message-id`.
     pub(super) ack_id: String,
@@ -33,18 +34,24 @@ pub(super) enum Pending {
 /// A client subscription, as the client asked for it.
 #[derive(Debug, Clone)]
 pub(super) struct Sub {
+    /// Its ack mode.
     pub(super) ack: &'static str,
 }
 
 /// One client connection and what it has seen.
 #[derive(Debug)]
 pub(super) struct Conn {
+    /// The client's end of the pipe; `None` once dropped.
     pub(super) io: Option<DuplexStream>,
+    /// The broker's session task for this connection.
     pub(super) session: JoinHandle<()>,
+    /// Bytes read and not yet decoded.
     pub(super) buf: BytesMut,
+    /// Decodes the broker's frames.
     pub(super) codec: StompCodec,
     /// Write piece size (0: whole frames).
     pub(super) chunk: usize,
+    /// The version the client asked for, which picks how it acknowledges.
     pub(super) version: Version,
     /// The client's write side is closed or a write stalled midway.
     pub(super) write_closed: bool,
@@ -52,7 +59,9 @@ pub(super) struct Conn {
     pub(super) ended: bool,
     /// Frames sent, which number receipts.
     pub(super) seq: u64,
+    /// Subscriptions by id.
     pub(super) subs: HashMap<String, Sub>,
+    /// Deliveries held in client and client-individual subscriptions.
     pub(super) held: Vec<Held>,
     /// Effects of frames sent, by sequence number, not yet confirmed by a receipt.
     pub(super) pending: Vec<(u64, Pending)>,

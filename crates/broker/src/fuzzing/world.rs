@@ -26,10 +26,13 @@ pub(super) const SLOTS: usize = 4;
 
 /// The broker and the clients of one input.
 pub(super) struct World {
+    /// What every session is given: the broker state and its shutdown token.
     context: Context,
+    /// Client connections, `SLOTS` of them, `None` where closed.
     pub(super) slots: Vec<Option<Conn>>,
     /// Sessions of closed slots, which must end.
     pub(super) closed: Vec<JoinHandle<()>>,
+    /// What was sent and confirmed, for the invariants.
     pub(super) oracle: Oracle,
 }
 
