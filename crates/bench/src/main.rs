@@ -5,7 +5,7 @@
 //! prints delivered and published messages per second and end-to-end latency
 //! percentiles; `--json` prints one JSON object instead, for comparison scripts.
 //! `postbox-bench soak --duration 30m --broker-pid PID` mixes load and client faults
-//! against one broker and checks that it keeps answering (see `soak.rs`).
+//! against one broker and checks that it keeps answering (see `soak/`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod conn;
