@@ -12,20 +12,14 @@ use postbox_testkit::certs::temp_dir;
 use postbox_testkit::http::{get, request};
 use postbox_testkit::{Broker, Client, Command, Frame, RedisServer};
 
+use common::metric;
+
 const TOKEN: &str = "admin-token-for-tests";
 
 fn start(extra: &[&str]) -> Broker {
     let mut args = vec!["--http-listen", "127.0.0.1:0", "--admin-token", TOKEN];
     args.extend_from_slice(extra);
     common::start(&args)
-}
-
-/// The value of a metric line that starts with `series` (name and labels).
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
 }
 
 #[tokio::test]
