@@ -114,20 +114,43 @@ pub async fn eventually<O: Outcome>(
 pub fn eventually_blocking<O: Outcome>(
     within: Duration,
     what: &str,
-    mut check: impl FnMut() -> O,
+    check: impl FnMut() -> O,
 ) -> O::Value {
+    match poll_blocking(within, check) {
+        Ok(value) => value,
+        Err(timeout) => timeout.backoff.give_up(what, timeout.waited, timeout.last),
+    }
+}
+
+/// Why [`poll_blocking`] gave up.
+pub(crate) struct TimedOut {
+    backoff: Backoff,
+    waited: Duration,
+    last: Option<String>,
+}
+
+/// [`eventually_blocking`] that returns instead of panicking, for waits whose caller
+/// decides what a timeout means.
+pub(crate) fn poll_blocking<O: Outcome>(
+    within: Duration,
+    mut check: impl FnMut() -> O,
+) -> Result<O::Value, TimedOut> {
     let start = std::time::Instant::now();
     let deadline = start + within;
     let mut backoff = Backoff::new();
     loop {
         backoff.tries += 1;
         let last = match check().settle() {
-            Ok(value) => return value,
+            Ok(value) => return Ok(value),
             Err(last) => last,
         };
         let now = std::time::Instant::now();
         if now >= deadline {
-            backoff.give_up(what, now - start, last);
+            return Err(TimedOut {
+                backoff,
+                waited: now - start,
+                last,
+            });
         }
         std::thread::sleep(backoff.next(deadline - now));
     }
