@@ -84,8 +84,8 @@ impl Backoff {
 /// has passed without it holding.
 ///
 /// `check` runs at least once, and once more at the deadline, so a condition that
-/// became true during the last pause is not missed. It should be quick: a check that
-/// itself waits (a read with a timeout) makes the wait last at least that long.
+/// became true during the last pause is not missed. A check that itself waits (a read
+/// with a timeout) may carry the whole wait past `within` by that much.
 /// The returned future is not known to be `Send`, so await it in the test's own task
 /// rather than in a `tokio::spawn`ed one.
 pub async fn eventually<O: Outcome>(
