@@ -395,6 +395,8 @@ async fn a_fresh_token_for_the_same_user_extends_the_session() {
         message.get("Authorization").is_none(),
         "the token must not travel on"
     );
+    // Outlive the first token (it expires 2 s after it was made, with no leeway): only
+    // real time passing shows that the fresh one took its place.
     tokio::time::sleep(Duration::from_secs(3)).await;
     client
         .send(&Frame::new(Command::Disconnect).header("receipt", "still-here"))

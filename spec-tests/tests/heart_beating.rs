@@ -84,6 +84,8 @@ async fn heart_beats_from_the_client_keep_it_connected() {
     let (mut client, _, sy) = connect_beating(&target, 100, 0).await;
     let interval = Duration::from_millis(sy.max(100));
     let start = Instant::now();
+    // The client's own heart-beat, twice per interval for five intervals: the pauses are
+    // what is tested (a client that beats in time is never cut off).
     while start.elapsed() < interval * 5 {
         client.send_raw(b"\n").await;
         tokio::time::sleep(interval / 2).await;
@@ -102,6 +104,7 @@ async fn any_frame_counts_as_activity() {
     let topic = unique("/topic/", "activity");
     let start = Instant::now();
     let mut n = 0;
+    // A frame instead of a heart-beat, at the same pace as above.
     while start.elapsed() < interval * 5 {
         client.publish(&topic, "keepalive").await;
         n += 1;

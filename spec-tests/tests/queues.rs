@@ -103,6 +103,7 @@ async fn expired_messages_are_not_delivered() {
         .await;
     producer.publish(&queue, "fresh").await;
     producer.disconnect().await;
+    // Time passing is what is tested: wait well past the 100 ms expiration.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let mut consumer = target.connect().await;
     consumer.subscribe("0", &queue, &[]).await;

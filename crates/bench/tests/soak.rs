@@ -2,10 +2,11 @@
 //! `postbox-bench soak` for about ten seconds must see no probe stall and leave the
 //! broker alive and delivering; and a broker that stops answering must fail the soak.
 
+use std::io::{BufRead, BufReader};
 use std::process::{Command as Process, Output};
 use std::time::Duration;
 
-use postbox_testkit::{Broker, Client, Command};
+use postbox_testkit::{Broker, Client, Command, eventually};
 
 /// Runs `postbox-bench soak` against `broker` with `extra` options.
 fn soak(broker: &Broker, extra: &[&str]) -> std::process::Child {
@@ -77,7 +78,7 @@ async fn a_short_soak_sees_no_stall_and_the_broker_delivers_after_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_stops_answering_fails_the_soak() {
     let broker = Broker::start(&[]);
-    let child = soak(
+    let mut child = soak(
         &broker,
         &[
             "--duration",
@@ -90,15 +91,39 @@ async fn a_broker_that_stops_answering_fails_the_soak() {
             "0",
         ],
     );
-    // Let the probe succeed a few times, then freeze the broker.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Let the probe succeed a few times (two progress lines, one a second), then freeze
+    // the broker.
+    let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let (lines, printed) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    eventually(
+        Duration::from_secs(30),
+        "two soak progress lines",
+        async || {
+            seen.extend(printed.try_iter());
+            let progress = seen.iter().filter(|l| l.contains("] delivered ")).count();
+            if progress >= 2 {
+                Ok(())
+            } else {
+                Err(seen.clone())
+            }
+        },
+    )
+    .await;
     broker.signal("STOP");
     let output = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .expect("join")
         .expect("postbox-bench ran");
     broker.signal("CONT");
-    let report = text(&output);
+    reader.join().expect("stdout reader");
+    seen.extend(printed.try_iter());
+    let report = format!("{}\n{}", seen.join("\n"), text(&output));
     assert!(
         !output.status.success(),
         "soak passed a frozen broker:\n{report}"

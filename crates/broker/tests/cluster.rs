@@ -279,6 +279,8 @@ async fn redis_restarting_mid_stream_loses_no_order_and_duplicates_nothing() {
     }
     producer.disconnect().await;
 
+    // A steady stream, one message every 5 ms, for half a second before the restart and
+    // six seconds after it: the pauses are the stream's pace, not waits for an event.
     let mut n = 0u32;
     let until = Instant::now() + Duration::from_millis(500);
     while Instant::now() < until {

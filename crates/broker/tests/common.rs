@@ -54,3 +54,12 @@ pub fn hs256(secret: &str, claims: &str) -> String {
     let signature = child.wait_with_output().unwrap().stdout;
     format!("{signing_input}.{}", b64(&signature))
 }
+
+/// The value of the metric line that starts with `series` (name and labels) in an
+/// OpenMetrics scrape.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}

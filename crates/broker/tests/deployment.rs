@@ -9,7 +9,7 @@ use std::process::Command as Process;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use postbox_testkit::certs::{self, TestCa};
-use postbox_testkit::{Broker, Client, Command, Frame, RedisServer};
+use postbox_testkit::{Broker, Client, Command, Frame, RedisServer, eventually_blocking};
 
 fn docker_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docker")
@@ -102,6 +102,17 @@ fn shipped(args: &[&str], env: &[(&str, &str)]) -> Process {
     command
 }
 
+/// A child process killed if it is still running when the test lets go of it, so a
+/// failed wait leaves no broker behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The shipped files listen on every interface (a container is reached from outside)
 /// and carry no credentials and no allow-anonymous, so the broker refuses to start from
 /// them alone: credentials (or the demo opt-in) come from the environment.
@@ -140,24 +151,20 @@ fn the_shipped_configurations_are_not_open_without_credentials() {
         if table.contains_key("wss-listen") {
             args.extend(["--wss-listen", "0.0.0.0:0"]);
         }
-        let mut child = shipped(&args, &[])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("{name}: postbox started without credentials");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let mut child = KillOnDrop(
+            shipped(&args, &[])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let status = eventually_blocking(
+            Duration::from_secs(20),
+            &format!("{name}: postbox to refuse to start without credentials"),
+            || child.0.try_wait().unwrap(),
+        );
         let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut stderr).unwrap();
         assert!(!status.success(), "{name}");
         assert!(
             stderr.contains("refusing to listen on 0.0.0.0:0"),

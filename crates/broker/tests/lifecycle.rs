@@ -2,11 +2,12 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::process::Command as Process;
 use std::time::Duration;
 
 use postbox_testkit::client::Received;
-use postbox_testkit::{Broker, Client, Command, Frame};
+use postbox_testkit::{Broker, Client, Command, Frame, eventually_blocking};
 
 #[tokio::test]
 async fn sigterm_flushes_queued_messages_then_says_why_and_exits() {
@@ -159,13 +160,32 @@ fn print_config_and_check_config() {
 
 #[test]
 fn json_logs_on_request() {
-    let child = Process::new(common::binary())
+    let mut child = Process::new(common::binary())
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Interrupt it once it has started (and logged its start), not during start-up.
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (lines, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut last = None;
+    eventually_blocking(Duration::from_secs(10), "postbox to print ready", || {
+        while let Ok(line) = printed.try_recv() {
+            if line == "ready" {
+                return Ok(());
+            }
+            last = Some(line);
+        }
+        Err(last.clone())
+    });
     let _ = Process::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status();

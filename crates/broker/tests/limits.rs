@@ -3,12 +3,11 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use postbox_testkit::client::Received;
-use postbox_testkit::{Client, Command, Frame};
+use postbox_testkit::http::get;
+use postbox_testkit::{Broker, Client, Command, Frame, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_disconnected_while_others_get_everything() {
@@ -23,14 +22,14 @@ async fn a_slow_consumer_is_disconnected_while_others_get_everything() {
     const COUNT: usize = 600;
     const BATCH: usize = 4;
     let body = vec![b'x'; 64 * 1024];
-    let received = Arc::new(AtomicUsize::new(0));
-    let counter = received.clone();
+    // How many messages the fast subscriber has read so far.
+    let (progress, mut received) = tokio::sync::watch::channel(0);
     let reader = tokio::spawn(async move {
         for i in 0..COUNT {
             let frame = fast.next_frame(Duration::from_secs(10)).await;
             let frame = frame.unwrap_or_else(|| panic!("fast subscriber stopped at {i}"));
             assert_eq!(frame.command, Command::Message, "{frame:?}");
-            counter.fetch_add(1, Ordering::Release);
+            progress.send_replace(i + 1);
         }
     });
     // The publisher goes as fast as the fast subscriber reads (never waiting for the slow
@@ -44,13 +43,12 @@ async fn a_slow_consumer_is_disconnected_while_others_get_everything() {
         }
         publisher.send(&frame).await;
         if i % BATCH == BATCH - 1 {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while received.load(Ordering::Acquire) + BATCH <= i {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "fast subscriber stalled"
-                );
-                tokio::time::sleep(Duration::from_millis(1)).await;
+            let caught_up = received.wait_for(|&read| read + BATCH > i);
+            let caught_up = tokio::time::timeout(Duration::from_secs(10), caught_up)
+                .await
+                .expect("fast subscriber stalled");
+            if caught_up.is_err() {
+                panic!("the fast subscriber gave up: {:?}", reader.await);
             }
         }
     }
@@ -90,21 +88,7 @@ async fn connections_past_the_limit_get_an_error() {
     third.expect_closed().await;
     first.disconnect().await;
     // The freed slot is reusable once the first session has ended.
-    let mut accepted = false;
-    for _ in 0..50 {
-        let mut client = Client::open(broker.addr).await;
-        client
-            .send(&Frame::new(Command::Connect).header("accept-version", "1.2"))
-            .await;
-        if let Some(frame) = client.next_frame(Duration::from_secs(2)).await
-            && frame.command == Command::Connected
-        {
-            accepted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(accepted, "a slot never became free");
+    wait_for_a_free_slot(broker.addr, Duration::from_secs(10), "the freed slot").await;
 }
 
 #[tokio::test]
@@ -465,6 +449,8 @@ async fn queues_per_virtual_host_are_limited() {
 #[tokio::test]
 async fn a_publisher_held_back_by_a_full_queue_that_vanishes_is_let_go() {
     let broker = common::start(&[
+        "--http-listen",
+        "127.0.0.1:0",
         "--max-connections",
         "1",
         "--queue-max-length",
@@ -472,12 +458,17 @@ async fn a_publisher_held_back_by_a_full_queue_that_vanishes_is_let_go() {
         "--queue-overflow",
         "block",
     ]);
-    let publisher = held_back_publisher(broker.addr).await;
+    let publisher = held_back_publisher(&broker).await;
     // Unread bytes (the queue never drains, so no RECEIPT comes) and a zero linger: the
     // close is a reset.
     publisher.set_zero_linger().unwrap();
     drop(publisher);
-    wait_for_the_only_slot(broker.addr, Duration::from_secs(5)).await;
+    wait_for_a_free_slot(
+        broker.addr,
+        Duration::from_secs(5),
+        "the gone publisher's slot",
+    )
+    .await;
 }
 
 /// The same publisher closing in order (FIN, nothing unread, no heart-beats) is let go
@@ -485,6 +476,8 @@ async fn a_publisher_held_back_by_a_full_queue_that_vanishes_is_let_go() {
 #[tokio::test]
 async fn a_publisher_held_back_by_a_full_queue_that_closes_is_let_go() {
     let broker = common::start(&[
+        "--http-listen",
+        "127.0.0.1:0",
         "--max-connections",
         "1",
         "--queue-max-length",
@@ -492,16 +485,21 @@ async fn a_publisher_held_back_by_a_full_queue_that_closes_is_let_go() {
         "--queue-overflow",
         "block",
     ]);
-    let publisher = held_back_publisher(broker.addr).await;
+    let publisher = held_back_publisher(&broker).await;
     drop(publisher);
-    wait_for_the_only_slot(broker.addr, Duration::from_secs(5)).await;
+    wait_for_a_free_slot(
+        broker.addr,
+        Duration::from_secs(5),
+        "the gone publisher's slot",
+    )
+    .await;
 }
 
 /// A connection that has sent CONNECT and two SENDs to `/queue/full`, which holds one
 /// message: the second (`receipt:held`) waits. Everything the broker wrote is read.
-async fn held_back_publisher(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+async fn held_back_publisher(broker: &Broker) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut publisher = postbox_testkit::client::tcp(addr).await;
+    let mut publisher = postbox_testkit::client::tcp(broker.addr).await;
     publisher
         .write_all(
             b"CONNECT\naccept-version:1.2\nhost:/\n\n\0\
@@ -525,29 +523,36 @@ async fn held_back_publisher(addr: std::net::SocketAddr) -> tokio::net::TcpStrea
         "{:?}",
         seen.escape_ascii().to_string()
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A SEND is counted just before it is routed, which is where the second one waits.
+    let http = broker.listener("http");
+    eventually(
+        Duration::from_secs(10),
+        "both SENDs to reach the full queue",
+        async || {
+            let (_, text) = get(http, "/metrics").await;
+            let received = common::metric(&text, "postbox_messages_received_total");
+            if received == Some(2.0) {
+                Ok(())
+            } else {
+                Err(received)
+            }
+        },
+    )
+    .await;
     publisher
 }
 
-/// Waits until a new client gets CONNECTED from a broker allowing one connection.
-async fn wait_for_the_only_slot(addr: std::net::SocketAddr, within: Duration) {
-    let deadline = std::time::Instant::now() + within;
-    loop {
+/// Waits until a new client gets CONNECTED, retrying while the broker is full.
+async fn wait_for_a_free_slot(addr: std::net::SocketAddr, within: Duration, what: &str) {
+    eventually(within, what, async || {
         let mut client = Client::open(addr).await;
         client
             .send(&Frame::new(Command::Connect).header("accept-version", "1.2"))
             .await;
-        let frame = client.next_frame(Duration::from_secs(2)).await;
-        if frame
-            .as_ref()
-            .is_some_and(|f| f.command == Command::Connected)
-        {
-            return;
+        match client.next_frame(Duration::from_secs(2)).await {
+            Some(frame) if frame.command == Command::Connected => Ok(()),
+            other => Err(other),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the gone publisher still holds the only slot: {frame:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }

@@ -6,11 +6,15 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use postbox_testkit::certs::temp_dir;
 use postbox_testkit::http::{get, request};
-use postbox_testkit::{Broker, Client, Command, Frame, RedisServer};
+use postbox_testkit::{
+    Broker, Client, Command, Frame, RedisServer, eventually, eventually_blocking,
+};
+
+use common::metric;
 
 const TOKEN: &str = "admin-token-for-tests";
 
@@ -18,14 +22,6 @@ fn start(extra: &[&str]) -> Broker {
     let mut args = vec!["--http-listen", "127.0.0.1:0", "--admin-token", TOKEN];
     args.extend_from_slice(extra);
     common::start(&args)
-}
-
-/// The value of a metric line that starts with `series` (name and labels).
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
 }
 
 #[tokio::test]
@@ -50,17 +46,24 @@ async fn metrics_count_connections_traffic_queues_and_disconnect_reasons() {
 
     bad.expect_closed().await;
     // Sessions finish their bookkeeping just after their sockets close.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let text = loop {
-        let (status, text) = get(http, "/metrics").await;
-        assert_eq!(status, 200);
-        let settled = metric(&text, r#"postbox_disconnects_total{reason="client"}"#) == Some(1.0)
-            && metric(&text, r#"postbox_connections{transport="stomp",vhost="/"}"#) == Some(1.0);
-        if settled || Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let text = eventually(
+        Duration::from_secs(10),
+        "one client disconnect and one open connection in the metrics",
+        async || {
+            let (status, text) = get(http, "/metrics").await;
+            assert_eq!(status, 200);
+            let seen = (
+                metric(&text, r#"postbox_disconnects_total{reason="client"}"#),
+                metric(&text, r#"postbox_connections{transport="stomp",vhost="/"}"#),
+            );
+            if seen == (Some(1.0), Some(1.0)) {
+                Ok(text)
+            } else {
+                Err(seen)
+            }
+        },
+    )
+    .await;
     assert!(
         text.ends_with("# EOF\n"),
         "OpenMetrics text ends with # EOF"
@@ -119,22 +122,24 @@ async fn a_clustered_node_is_not_ready_while_redis_is_unreachable() {
     let http = broker.listener("http");
     assert_eq!(get(http, "/readyz").await.0, 200);
     redis.stop();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while get(http, "/readyz").await.0 != 503 {
-        assert!(Instant::now() < deadline, "still ready without Redis");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(15),
+        "not ready without Redis",
+        async || get(http, "/readyz").await.0 == 503,
+    )
+    .await;
     assert_eq!(
         get(http, "/readyz").await.1,
         "not ready: Redis is unreachable\n"
     );
     assert_eq!(get(http, "/healthz").await.0, 200, "alive all the same");
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while get(http, "/readyz").await.0 != 200 {
-        assert!(Instant::now() < deadline, "never ready again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "ready again with Redis back",
+        async || get(http, "/readyz").await.0 == 200,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -230,28 +235,32 @@ async fn sighup_applies_new_limits_to_new_connections() {
     before.subscribe("1", "/topic/a", &[]).await;
     std::fs::write(&file, "max-subscriptions = 3\n").unwrap();
     broker.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut client = Client::connect(broker.addr, &[]).await;
-        client.subscribe("1", "/topic/a", &[]).await;
-        client
-            .send(
-                &Frame::new(Command::Subscribe)
-                    .header("id", "2")
-                    .header("destination", "/topic/b")
-                    .header("receipt", "second"),
-            )
-            .await;
-        let reply = client
-            .next_frame(Duration::from_secs(2))
-            .await
-            .expect("a reply");
-        if reply.command == Command::Receipt {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the new limit never applied");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "a new connection to get a second subscription",
+        async || {
+            let mut client = Client::connect(broker.addr, &[]).await;
+            client.subscribe("1", "/topic/a", &[]).await;
+            client
+                .send(
+                    &Frame::new(Command::Subscribe)
+                        .header("id", "2")
+                        .header("destination", "/topic/b")
+                        .header("receipt", "second"),
+                )
+                .await;
+            let reply = client
+                .next_frame(Duration::from_secs(2))
+                .await
+                .expect("a reply");
+            if reply.command == Command::Receipt {
+                Ok(())
+            } else {
+                Err(reply)
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -314,7 +323,29 @@ async fn connections_are_logged_when_they_open_and_close_without_secrets() {
     )
     .await;
     bad.expect_error().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    bad.expect_closed().await;
+    // Both connections are over; stop the broker once their lines are in the log.
+    eventually(
+        Duration::from_secs(10),
+        "both connections to be logged",
+        async || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let missing: Vec<_> = [
+                "connection opened",
+                "connection closed",
+                "authentication failed",
+            ]
+            .into_iter()
+            .filter(|line| !text.contains(line))
+            .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(missing)
+            }
+        },
+    )
+    .await;
     let _ = Process::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
     let text = std::fs::read_to_string(&log).unwrap();
@@ -433,21 +464,14 @@ impl Logged {
     }
 
     fn wait_for_line(&self, words: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let what = format!("a log line with {words:?}");
+        eventually_blocking(Duration::from_secs(10), &what, || {
             let text = self.log();
-            if let Some(line) = text
-                .lines()
+            text.lines()
                 .find(|line| words.iter().all(|word| line.contains(word)))
-            {
-                return line.to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {words:?}:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+                .map(str::to_owned)
+                .ok_or(text)
+        })
     }
 }
 

@@ -151,6 +151,8 @@ async fn queue_ttl_from_config_and_from_the_subscribe_that_creates_the_queue() {
     producer.publish("/queue/long-lived", "kept").await;
     producer.disconnect().await;
     assert_eq!(text(&holder.expect(Command::Message).await), "first");
+    // Time passing is what is tested: wait well past the 100 ms TTL (and far short of
+    // the 60 s one) before anyone looks at the queues.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut consumer = Client::connect(broker.addr, &[]).await;
     consumer.subscribe("0", "/queue/short-lived", &[]).await;

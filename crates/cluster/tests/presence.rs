@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use postbox_cluster::{ClusterConfig, ClusterRelay};
 use postbox_router::{AckMode, Destination, Overflow, Router, RouterConfig, Subscriber, outbox};
-use postbox_testkit::RedisServer;
+use postbox_testkit::{RedisServer, eventually};
+
+/// How long presence may take to spread between nodes.
+const WITHIN: Duration = Duration::from_secs(10);
 
 async fn relay(redis: &RedisServer, node: &str) -> (ClusterRelay, Router) {
     let relay = ClusterRelay::connect(ClusterConfig {
@@ -45,14 +48,6 @@ fn subscriber(id: &str) -> Subscriber {
     }
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what} never happened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_add_up_across_nodes_and_a_dead_node_stops_counting() {
     let redis = RedisServer::start();
@@ -65,11 +60,13 @@ async fn counts_add_up_across_nodes_and_a_dead_node_stops_counting() {
     let _s3 = router_b.subscribe(&topic, subscriber("3")).unwrap();
     let _q = router_b.subscribe(&queue, subscriber("4")).unwrap();
 
-    eventually("both nodes counting 3 topic subscribers", || {
-        a.presence("/", "/topic/presence") == 3 && b.presence("/", "/topic/presence") == 3
-    })
+    eventually(
+        WITHIN,
+        "both nodes counting 3 topic subscribers",
+        async || a.presence("/", "/topic/presence") == 3 && b.presence("/", "/topic/presence") == 3,
+    )
     .await;
-    eventually("the queue consumer counted on a", || {
+    eventually(WITHIN, "the queue consumer counted on a", async || {
         a.presence("/", "/queue/presence") == 1
     })
     .await;
@@ -77,7 +74,7 @@ async fn counts_add_up_across_nodes_and_a_dead_node_stops_counting() {
 
     a.halt();
     let halted_at = Instant::now();
-    eventually("b forgetting a's subscribers", || {
+    eventually(WITHIN, "b forgetting a's subscribers", async || {
         b.presence("/", "/topic/presence") == 1
     })
     .await;

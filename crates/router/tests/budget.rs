@@ -90,6 +90,8 @@ async fn a_full_budget_holds_the_publisher_until_any_queue_drains() {
         let two = two.clone();
         async move { send(&two, "/queue/b", BODY).await }
     });
+    // Proving that it stays held takes a wait; the clock is paused, so these five
+    // seconds pass at once, after every task has had its chance to run.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(
         !held.is_finished(),

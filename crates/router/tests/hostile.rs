@@ -112,7 +112,8 @@ fn consumers_vanishing_under_load_never_freeze_the_queue() {
                 match n % 3 {
                     0 => {
                         // The writer ends and producers go on before the session
-                        // gets round to removing the subscription.
+                        // gets round to removing the subscription: the pause is that
+                        // gap, part of the interleaving under test, not a wait.
                         drop(rx);
                         tokio::time::sleep(Duration::from_millis(1)).await;
                         drop(subscription);

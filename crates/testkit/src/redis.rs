@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::certs::{TempDir, temp_dir};
 
@@ -53,20 +53,20 @@ impl RedisServer {
                 panic!("cannot run redis-server ({e}): run scripts/test.sh, or apt-get install -y redis-server")
             });
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
+        // Up when it answers PING; failed when it exits first (say the port was taken).
+        crate::wait::poll_blocking(Duration::from_secs(10), || {
             if self.ping() {
-                return true;
+                return Some(true);
             }
             if let Some(child) = &mut self.child
                 && child.try_wait().ok().flatten().is_some()
             {
                 self.child = None;
-                return false;
+                return Some(false);
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+            None
+        })
+        .unwrap_or(false)
     }
 
     /// Whether the server answers PING.
