@@ -39,7 +39,7 @@ pub mod router;
 pub mod topic;
 
 pub use budget::{Budget, Charge};
-pub use delivery::{AckMode, AckTag, Delivery, Settle};
+pub use delivery::{AckMode, AckTag, Acknowledge, Delivery, Settle};
 pub use destination::{Destination, DestinationKind};
 pub use error::{RouteError, StoreError};
 pub use message::{DETACH_BELOW, Message};

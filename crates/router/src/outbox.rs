@@ -364,7 +364,7 @@ impl OutboxReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Destination, Message};
+    use crate::{Acknowledge, Destination, Message};
     use bytes::Bytes;
     use postbox_stomp::Headers;
 
@@ -379,9 +379,8 @@ mod tests {
         Delivery {
             message: Arc::new(message),
             subscription: "s".into(),
-            ack: None,
+            ack: Acknowledge::None,
             redelivered: false,
-            settle: None,
         }
     }
 

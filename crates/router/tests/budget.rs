@@ -67,7 +67,7 @@ async fn drain(router: &Router, name: &str) -> usize {
     let mut taken = 0;
     while let Some(Notification::Deliver(delivery)) = rx.try_recv() {
         subscription
-            .ack(delivery.ack.expect("client ack").tag)
+            .ack(delivery.ack_tag().expect("client ack").tag)
             .expect("ack");
         taken += 1;
     }

@@ -141,8 +141,8 @@ fn consumers_vanishing_under_load_never_freeze_the_queue() {
             )
             .expect("subscribe");
         let mut delivered = 0;
-        while let Some(Notification::Deliver(delivery)) = rx.try_recv() {
-            if let Some(settle) = delivery.settle {
+        while let Some(Notification::Deliver(mut delivery)) = rx.try_recv() {
+            if let Some(settle) = delivery.take_settle() {
                 settle.written();
             }
             delivered += 1;
@@ -214,8 +214,8 @@ async fn queues_per_router_are_capped_by_count() {
             subscriber(consumer, "s", AckMode::Auto),
         )
         .expect("an existing queue can be subscribed");
-    while let Some(Notification::Deliver(delivery)) = rx.try_recv() {
-        if let Some(settle) = delivery.settle {
+    while let Some(Notification::Deliver(mut delivery)) = rx.try_recv() {
+        if let Some(settle) = delivery.take_settle() {
             settle.written();
         }
     }

@@ -124,7 +124,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     Notification::Deliver(mut delivery) => {
                         messages += 1;
                         self.put_delivery(&delivery);
-                        if let Some(settle) = delivery.settle.take() {
+                        if let Some(settle) = delivery.take_settle() {
                             self.settles.push(settle);
                             self.settle_ends.push(self.written + self.buf.len() as u64);
                         }
@@ -206,7 +206,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         head[n] = (names::SUBSCRIPTION, &delivery.subscription);
         n += 1;
         let mut ack_text = [0; AckTag::MAX_LEN];
-        if let Some(ack) = delivery.ack {
+        if let Some(ack) = delivery.ack_tag() {
             head[n] = (names::ACK, ack.write(&mut ack_text));
             n += 1;
         }

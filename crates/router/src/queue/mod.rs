@@ -54,7 +54,7 @@ pub use self::settings::{Overflow, QueueSettings, QueueStats};
 use self::unacked::Unacked;
 use crate::Destination;
 use crate::budget::Budget;
-use crate::delivery::{AckMode, AckTag, Delivery, Settle};
+use crate::delivery::{AckMode, AckTag, Acknowledge, Delivery, Settle};
 use crate::outbox::{CloseReason, Outbox};
 use crate::relay::QueueStore;
 
@@ -448,12 +448,15 @@ impl Queue {
             let delivery = Delivery {
                 message: item.message.clone(),
                 subscription: consumer.subscription.clone(),
-                ack: (!auto).then_some(AckTag {
-                    consumer: consumer.key,
-                    tag,
-                }),
+                ack: if auto {
+                    Acknowledge::OnWrite(Settle::new(self.me.clone(), consumer.key, tag))
+                } else {
+                    Acknowledge::Client(AckTag {
+                        consumer: consumer.key,
+                        tag,
+                    })
+                },
                 redelivered: item.deliveries > 1,
-                settle: auto.then(|| Settle::new(self.me.clone(), consumer.key, tag)),
             };
             if consumer.outbox.deliver_with_credit(delivery).is_err() {
                 // The consumer's session is closing: keep the message for the others and

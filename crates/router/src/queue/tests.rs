@@ -48,11 +48,11 @@ impl TestConsumer {
     fn received(&mut self) -> Vec<(String, u64, bool)> {
         let mut out = Vec::new();
         while let Some(Notification::Deliver(delivery)) = self.rx.try_recv() {
-            let tag = delivery
-                .ack
-                .map(|ack| ack.tag)
-                .or(delivery.settle.as_ref().map(|s| s.tag()))
-                .unwrap();
+            let tag = match &delivery.ack {
+                Acknowledge::Client(ack) => ack.tag,
+                Acknowledge::OnWrite(settle) => settle.tag(),
+                Acknowledge::None => panic!("a queue delivery is acknowledged somehow"),
+            };
             let body = String::from_utf8(delivery.message.body().to_vec()).unwrap();
             out.push((body, tag, delivery.redelivered));
         }
@@ -488,9 +488,9 @@ fn auto_deliveries_count_once_written() {
     let Some(Notification::Deliver(mut delivery)) = rx.try_recv() else {
         panic!("no delivery")
     };
-    assert!(delivery.ack.is_none());
+    assert!(delivery.ack_tag().is_none());
     assert!(rx.try_recv().is_none(), "prefetch 1 holds the second back");
-    delivery.settle.take().unwrap().written();
+    delivery.take_settle().unwrap().written();
     assert!(matches!(rx.try_recv(), Some(Notification::Deliver(_))));
     // The second was never written and the writer is gone: back in the queue, not
     // marked redelivered.
@@ -533,5 +533,5 @@ fn a_pending_auto_delivery_does_not_keep_its_queue_alive() {
     drop(queue);
     assert!(weak.upgrade().is_none(), "the queue was freed");
     // Settling against a freed queue is a no-op.
-    taken.settle.take().unwrap().written();
+    taken.take_settle().unwrap().written();
 }

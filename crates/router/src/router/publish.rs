@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::core::{Router, TopicSink};
 use super::temp::reply_queue_node;
-use crate::delivery::Delivery;
+use crate::delivery::{Acknowledge, Delivery};
 use crate::error::StoreError;
 use crate::outbox::PushError;
 use crate::queue::{Offer, Queue, Queued};
@@ -216,9 +216,8 @@ impl Router {
                     let delivery = Delivery {
                         message: message.clone(),
                         subscription: subscription.clone(),
-                        ack: None,
+                        ack: Acknowledge::None,
                         redelivered: false,
-                        settle: None,
                     };
                     match outbox.deliver(delivery) {
                         Ok(()) => delivered += 1,
