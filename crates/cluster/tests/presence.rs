@@ -45,6 +45,8 @@ fn subscriber(id: &str) -> Subscriber {
         ack: AckMode::Auto,
         prefetch: None,
         queue_ttl: None,
+        member: None,
+        list_members: false,
     }
 }
 

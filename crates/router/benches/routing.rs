@@ -33,6 +33,8 @@ fn subscribe(
                 ack: AckMode::Auto,
                 prefetch: None,
                 queue_ttl: None,
+                member: None,
+                list_members: false,
             };
             let subscription = router
                 .subscribe(&destination, subscriber)

@@ -33,6 +33,7 @@ pub mod destination;
 pub mod error;
 pub mod message;
 pub mod outbox;
+pub mod presence;
 pub mod queue;
 pub mod relay;
 pub mod router;
@@ -44,6 +45,7 @@ pub use destination::{Destination, DestinationKind};
 pub use error::{RouteError, StoreError};
 pub use message::{DETACH_BELOW, Message};
 pub use outbox::{CloseReason, Notification, Outbox, OutboxReceiver, PushError, outbox};
+pub use presence::{Member, PresenceConfig, RoomSnapshot};
 pub use queue::{Overflow, Queue, QueueSettings, QueueStats, Queued, UnknownAck};
 pub use relay::{BoxFuture, LocalQueue, NoRelay, QueueStore, Relay, StoreReceipt};
 pub use router::{

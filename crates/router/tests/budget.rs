@@ -61,6 +61,8 @@ async fn drain(router: &Router, name: &str) -> usize {
                 ack: AckMode::ClientIndividual,
                 prefetch: Some(1000),
                 queue_ttl: None,
+                member: None,
+                list_members: false,
             },
         )
         .expect("subscribe");

@@ -20,6 +20,8 @@ fn subscriber(outbox: postbox_router::Outbox, id: &str, ack: AckMode) -> Subscri
         ack,
         prefetch: Some(4),
         queue_ttl: None,
+        member: None,
+        list_members: false,
     }
 }
 

@@ -116,6 +116,8 @@ pub struct Config {
     pub queue_ttl_ms: u64,
     pub max_deliveries: u32,
     pub dead_letter_suffix: String,
+    pub presence: Vec<String>,
+    pub presence_companion_suffix: String,
     pub default_prefetch: usize,
     pub heartbeat_send_ms: u64,
     pub heartbeat_receive_ms: u64,

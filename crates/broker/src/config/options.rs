@@ -446,6 +446,21 @@ pub const OPTIONS: &[OptionSpec] = &[
         "The dead-letter queue of /queue/NAME is /queue/NAME plus this suffix.",
     ),
     restart(
+        "presence",
+        ValueKind::List,
+        "[]",
+        "Destinations whose subscribers are counted as members, by person, with ENTER and \
+         QUIT events and a presence-count header (e.g. [\"/topic/chat.room.*\"]; * and # \
+         words allowed). Single node only for now.",
+    ),
+    restart(
+        "presence-companion-suffix",
+        ValueKind::Str,
+        r#""""#,
+        "Empty: presence events go into the room's destination itself. Otherwise to the \
+         destination named like the room plus this suffix (e.g. \".presence\").",
+    ),
+    restart(
         "default-prefetch",
         ValueKind::Int,
         "1000",

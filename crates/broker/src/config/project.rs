@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postbox_router::{Budget, Overflow, QueueSettings, RouterConfig};
+use postbox_router::{Budget, Overflow, PresenceConfig, QueueSettings, RouterConfig};
 
 use super::Config;
 use crate::transport::Transport;
@@ -62,6 +62,10 @@ impl Config {
             default_prefetch: self.default_prefetch,
             max_queues: self.max_queues,
             budget,
+            presence: PresenceConfig {
+                destinations: self.presence.clone(),
+                companion_suffix: self.presence_companion_suffix.clone(),
+            },
         }
     }
 

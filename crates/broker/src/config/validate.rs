@@ -4,7 +4,8 @@
 
 use std::net::SocketAddr;
 
-use postbox_router::{MAX_PREFETCH, Overflow};
+use postbox_router::{Destination, DestinationKind, MAX_PREFETCH, Overflow};
+use postbox_stomp::ByteString;
 
 use super::{Config, ConfigError};
 
@@ -112,6 +113,33 @@ impl Config {
             return invalid(
                 "default-prefetch",
                 format!("must be at most {MAX_PREFETCH}"),
+            );
+        }
+        for destination in &self.presence {
+            let parsed = Destination::parse(&ByteString::from(destination.as_str()));
+            if !parsed
+                .is_ok_and(|d| matches!(d.kind(), DestinationKind::Topic | DestinationKind::Queue))
+            {
+                return invalid(
+                    "presence",
+                    format!("'{destination}' is not a /topic/ or /queue/ destination or pattern"),
+                );
+            }
+        }
+        if self.presence_companion_suffix.chars().any(char::is_control)
+            || self.presence_companion_suffix.contains(['*', '#'])
+        {
+            return invalid(
+                "presence-companion-suffix",
+                "must be printable text without * or #".into(),
+            );
+        }
+        if !self.presence.is_empty() && !self.cluster.is_empty() {
+            return invalid(
+                "presence",
+                "presence is not cluster-wide yet: each node would count only its own \
+                 members; run presence on a single node, or leave it off in a cluster"
+                    .into(),
             );
         }
         if self.dead_letter_suffix.is_empty()

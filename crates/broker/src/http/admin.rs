@@ -29,6 +29,7 @@ pub fn handle(state: &BrokerState, request: &Request) -> Response {
                 "POST /admin/connections/{id}/close",
                 "GET /admin/destinations",
                 "GET /admin/queues",
+                "GET /admin/presence",
                 "GET /admin/cluster",
             ]}),
         ),
@@ -58,6 +59,7 @@ pub fn handle(state: &BrokerState, request: &Request) -> Response {
         }
         ("GET", ["destinations"]) => Response::json(200, &destinations(state)),
         ("GET", ["queues"]) => Response::json(200, &queues(state)),
+        ("GET", ["presence"]) => Response::json(200, &presence(state)),
         ("GET", ["cluster"]) => Response::json(200, &cluster(state)),
         ("GET", _) => Response::json(404, &json!({"error": "no such admin resource"})),
         _ => Response::json(405, &json!({"error": "method not allowed"})),
@@ -146,6 +148,28 @@ fn destinations(state: &BrokerState) -> Value {
         }
     }
     json!({"destinations": out})
+}
+
+/// Every room with members, per virtual host: who is in it and with how many
+/// subscriptions.
+fn presence(state: &BrokerState) -> Value {
+    let mut out = Vec::new();
+    for router in state.sessions.vhosts.routers() {
+        for room in router.presence() {
+            let members: Vec<Value> = room
+                .members
+                .iter()
+                .map(|(user, subscriptions)| json!({"user": user, "subscriptions": subscriptions}))
+                .collect();
+            out.push(json!({
+                "vhost": router.vhost(),
+                "destination": room.destination,
+                "count": members.len(),
+                "members": members,
+            }));
+        }
+    }
+    json!({"rooms": out})
 }
 
 fn queues(state: &BrokerState) -> Value {

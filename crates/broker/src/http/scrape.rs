@@ -158,9 +158,11 @@ fn gauges(state: &BrokerState) -> Registry {
     let mut topics = 0;
     let mut queues = Vec::new();
     let mut totals = [0u64; 3];
-    let mut router_totals = [0u64; 5];
+    let mut router_totals = [0u64; 7];
+    let mut members = 0;
     for router in state.sessions.vhosts.routers() {
         topics += router.topic_subscriptions().len() as i64;
+        members += router.presence_members() as i64;
         let stats = router.stats();
         for (slot, value) in router_totals.iter_mut().zip([
             &stats.published,
@@ -168,6 +170,8 @@ fn gauges(state: &BrokerState) -> Registry {
             &stats.slow_consumers,
             &stats.unroutable,
             &stats.dead_letters_dropped,
+            &stats.presence_enters,
+            &stats.presence_quits,
         ]) {
             *slot += value.load(Ordering::Relaxed);
         }
@@ -279,6 +283,23 @@ fn gauges(state: &BrokerState) -> Registry {
         "unroutable",
         "Replies to temporary queues that no longer exist",
         router_totals[3],
+    );
+    gauge(
+        &mut registry,
+        "presence_members",
+        "Members of presence rooms (a person in two rooms counts twice)",
+        vec![(vec![], members)],
+    );
+    let events = Family::<Labels, Counter>::default();
+    for (kind, value) in [("enter", router_totals[5]), ("quit", router_totals[6])] {
+        events
+            .get_or_create(&vec![("kind".into(), kind.into())])
+            .inc_by(value);
+    }
+    registry.register(
+        "presence_events",
+        "Presence events published, by kind",
+        events,
     );
 
     // The cluster.

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use postbox_auth::Operation;
-use postbox_router::{AckMode, Destination, DestinationKind, Subscriber, TempQueue};
+use postbox_auth::{Method, Operation};
+use postbox_router::presence::PRESENCE_MEMBERS;
+use postbox_router::{AckMode, Destination, DestinationKind, Member, Subscriber, TempQueue};
 use postbox_stomp::headers::names;
 use postbox_stomp::{ByteString, Frame, Version};
 
@@ -78,6 +79,8 @@ impl Session {
                 ack: AckMode::Auto,
                 prefetch: None,
                 queue_ttl: None,
+                member: None,
+                list_members: false,
             };
             let subscription = self
                 .router
@@ -87,6 +90,17 @@ impl Session {
             self.subscriptions.insert(id, subscription);
         }
         Ok(reply_to)
+    }
+
+    /// Who this connection is in presence rooms: a signed-in user is one member however
+    /// many connections they have; anyone else is a member per connection.
+    fn member(&self) -> Member {
+        match self.principal.method {
+            Method::Password | Method::Token => Member::user(&self.principal.name),
+            Method::Open | Method::Anonymous => {
+                Member::connection(&self.principal.name, &self.connection.opened.id)
+            }
+        }
     }
 
     pub(super) fn subscribe(&mut self, frame: &Frame) -> Result<Flow, SessionError> {
@@ -125,12 +139,18 @@ impl Session {
         }
         let destination = Destination::parse(raw_destination)?;
         self.authorize(Operation::Read, &destination)?;
+        // Presence events say who is in a room: only those who may read the room hear them.
+        for room in self.router.rooms_announced_on(&destination) {
+            self.authorize(Operation::Read, &room)?;
+        }
         let subscriber = Subscriber {
             outbox: self.outbox.clone(),
             id: id.clone(),
             ack,
             prefetch,
             queue_ttl,
+            member: Some(self.member()),
+            list_members: frame.get(PRESENCE_MEMBERS) == Some("true"),
         };
         let subscription = match destination.kind() {
             DestinationKind::TempQueue => {

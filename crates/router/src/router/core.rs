@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use postbox_stomp::ByteString;
 
+use super::presence::Presence;
 use crate::budget::Budget;
 use crate::outbox::Outbox;
+use crate::presence::{PresenceConfig, Rules};
 use crate::queue::{Queue, QueueSettings, QueueStats};
 use crate::relay::{NoRelay, QueueStore, Relay};
 use crate::topic::TopicIndex;
@@ -31,6 +33,8 @@ pub struct RouterConfig {
     pub max_queues: usize,
     /// Bytes held by all queues, shared by the routers of every virtual host.
     pub budget: Arc<Budget>,
+    /// Which destinations announce who enters and leaves.
+    pub presence: PresenceConfig,
 }
 
 impl Default for RouterConfig {
@@ -43,6 +47,7 @@ impl Default for RouterConfig {
             default_prefetch: 1000,
             max_queues: 100_000,
             budget: Arc::default(),
+            presence: PresenceConfig::default(),
         }
     }
 }
@@ -60,6 +65,10 @@ pub struct RouterStats {
     pub unroutable: AtomicU64,
     /// Dead letters dropped because their queue has no dead-letter queue.
     pub dead_letters_dropped: AtomicU64,
+    /// Presence ENTER events published.
+    pub presence_enters: AtomicU64,
+    /// Presence QUIT events published.
+    pub presence_quits: AtomicU64,
 }
 
 /// Where a topic entry sends its matches.
@@ -88,6 +97,8 @@ pub(super) struct Shared {
     pub(super) next_key: AtomicU64,
     pub(super) next_message: AtomicU64,
     pub(super) stats: RouterStats,
+    /// Rooms and their members; `None` when no destination has presence.
+    pub(super) presence: Option<Presence>,
 }
 
 /// Routes published messages to subscriptions. Cheap to clone; one per virtual host.
@@ -107,8 +118,10 @@ impl Router {
 
     /// A router that shares topics with other nodes through `relay`.
     pub fn with_relay(config: RouterConfig, relay: Arc<dyn Relay>) -> Router {
+        let presence = Rules::new(&config.presence).map(Presence::new);
         Router {
             shared: Arc::new(Shared {
+                presence,
                 config,
                 topics: Mutex::default(),
                 queues: Mutex::default(),

@@ -15,6 +15,7 @@
 
 mod core;
 mod dead_letter;
+mod presence;
 mod publish;
 mod subscription;
 mod temp;

@@ -71,6 +71,10 @@ impl Router {
         // A TTL too long for the clock to represent means the message never expires
         // (rather than a panic on a client's `expiration:18446744073709551615`).
         let expires_at = ttl.and_then(|ttl| Instant::now().checked_add(ttl));
+        let mut headers = headers;
+        if self.shared.presence.is_some() {
+            self.stamp_presence(&destination, &mut headers);
+        }
         let message = Arc::new(Message::from_send(
             self.next_message_id(),
             destination,
@@ -202,7 +206,7 @@ impl Router {
     }
 
     /// Fans a topic message out to every matching subscription.
-    fn route_topic(&self, message: &Arc<Message>, expires_at: Option<Instant>) {
+    pub(super) fn route_topic(&self, message: &Arc<Message>, expires_at: Option<Instant>) {
         let name = ByteString::from(message.destination().name());
         let matches = self.lock_topics().lookup(&name);
         let stats = &self.shared.stats;

@@ -6,9 +6,11 @@ use std::time::Duration;
 use postbox_stomp::ByteString;
 
 use super::core::{Router, TopicSink};
+use super::presence::Seat;
 use super::temp::TempQueue;
 use crate::delivery::AckMode;
 use crate::outbox::Outbox;
+use crate::presence::Member;
 use crate::queue::{Overflow, Queue, QueueSettings, UnknownAck};
 use crate::topic::{Entry, Pattern};
 use crate::{Destination, DestinationKind, RouteError};
@@ -26,6 +28,11 @@ pub struct Subscriber {
     pub prefetch: Option<usize>,
     /// TTL for a queue this subscription creates (RabbitMQ's `x-message-ttl`).
     pub queue_ttl: Option<Duration>,
+    /// Who subscribes, for destinations with presence; `None` never counts as a member.
+    pub member: Option<Member>,
+    /// Whether the subscription's first MESSAGE should be the room's member list
+    /// (`presence-members:true`).
+    pub list_members: bool,
 }
 
 impl Router {
@@ -36,16 +43,26 @@ impl Router {
         destination: &Destination,
         subscriber: Subscriber,
     ) -> Result<Subscription, RouteError> {
-        match destination.kind() {
-            DestinationKind::Topic => Ok(self.subscribe_topic(destination, subscriber)),
-            DestinationKind::Queue => {
-                let queue = self.queue_for(destination, subscriber.queue_ttl)?;
-                Ok(self.consume(queue, subscriber, Cleanup::Shared))
-            }
+        let queue = match destination.kind() {
+            DestinationKind::Topic => None,
+            DestinationKind::Queue => Some(self.queue_for(destination, subscriber.queue_ttl)?),
             DestinationKind::TempQueue | DestinationKind::ReplyQueue => {
-                Err(RouteError::NotOwner(destination.to_string()))
+                return Err(RouteError::NotOwner(destination.to_string()));
             }
+        };
+        let room = self.room_of(destination, &subscriber);
+        let subscribe = |subscriber: Subscriber| match queue {
+            None => self.subscribe_topic(destination, subscriber),
+            Some(queue) => self.consume(queue, subscriber, Cleanup::Shared),
+        };
+        if !room {
+            return Ok(subscribe(subscriber));
         }
+        let joining = subscriber.clone();
+        let (mut subscription, seat) =
+            self.join_room(destination, &joining, || subscribe(subscriber));
+        subscription.seat = Some(seat);
+        Ok(subscription)
     }
 
     /// Subscribes to the session's own temporary queue.
@@ -84,6 +101,7 @@ impl Router {
             key,
             ack: subscriber.ack,
             target: Target::Queue { queue, cleanup },
+            seat: None,
         }
     }
 
@@ -147,6 +165,7 @@ impl Router {
                 wildcard,
                 queue,
             },
+            seat: None,
         }
     }
 
@@ -219,6 +238,8 @@ pub struct Subscription {
     key: u64,
     ack: AckMode,
     target: Target,
+    /// The room this subscription makes its member present in, if any.
+    seat: Option<Seat>,
 }
 
 impl Subscription {
@@ -263,6 +284,19 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        match self.seat.take() {
+            Some(seat) => {
+                let router = self.router.clone();
+                router.leave_room(&seat, || self.end());
+            }
+            None => self.end(),
+        }
+    }
+}
+
+impl Subscription {
+    /// Undoes what subscribing did: out of the topic index or the queue.
+    fn end(&mut self) {
         match &self.target {
             Target::Topic {
                 name,

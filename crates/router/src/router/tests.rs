@@ -95,6 +95,8 @@ fn subscribe(router: &Router, name: &str, ack: AckMode) -> (Subscription, Outbox
         ack,
         prefetch: None,
         queue_ttl: None,
+        member: None,
+        list_members: false,
     };
     (
         router.subscribe(&destination(name), subscriber).unwrap(),
@@ -286,6 +288,8 @@ fn a_temporary_queue_is_nobody_else_s_interest() {
         ack: AckMode::Auto,
         prefetch: None,
         queue_ttl: None,
+        member: None,
+        list_members: false,
     };
     let subscription = router.subscribe_temp(&temp, subscriber);
     drop(subscription);
