@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -95,15 +96,17 @@ def wait_for_port(port, timeout, process=None):
 class Postbox:
     credentials = []
 
-    def __init__(self, binary=None, name="postbox"):
-        # Another build (`--baseline`) runs under its own name beside this workspace's.
+    def __init__(self, binary=None, name="postbox", extra=()):
+        # Another build (`--baseline`) runs under its own name beside this workspace's;
+        # `extra` are more options for it (`--postbox-args`, `--baseline-args`).
         self.binary = Path(binary) if binary else ROOT / "target" / "release" / "postbox"
         self.name = name
+        self.extra = list(extra)
 
     def start(self):
         self.process = subprocess.Popen(
             [str(self.binary), "--listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0",
-             "--max-connections", "20000", "--log-level", "warn"],
+             "--max-connections", "20000", "--log-level", "warn", *self.extra],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for line in self.process.stdout:
             parts = line.split()
@@ -328,14 +331,18 @@ def main():
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--baseline", metavar="BINARY",
                         help="also run this postbox binary (an earlier commit's release build) as 'baseline'")
+    parser.add_argument("--postbox-args", default="",
+                        help="more options for this workspace's postbox, e.g. \"--presence /topic/bench.#\"")
+    parser.add_argument("--baseline-args", default="", help="more options for the baseline")
     options = parser.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "postbox-broker", "-p", "postbox-bench"],
                    cwd=ROOT, check=True)
-    available = {"postbox": Postbox, "rabbitmq": RabbitMQ, "activemq": ActiveMQ}
+    available = {"postbox": lambda: Postbox(extra=shlex.split(options.postbox_args)),
+                 "rabbitmq": RabbitMQ, "activemq": ActiveMQ}
     brokers = [available[name]() for name in options.brokers.split(",")]
     if options.baseline:
-        brokers.append(Postbox(options.baseline, "baseline"))
+        brokers.append(Postbox(options.baseline, "baseline", shlex.split(options.baseline_args)))
     scenarios = options.scenarios.split(",")
     results = {(b.name, s): [] for b in brokers for s in scenarios}
     not_applicable = set()

@@ -161,6 +161,8 @@ impl Reader {
         if self.buf.starts_with(b"MESSAGE\n")
             && let Some(head_len) = memmem::find(&self.buf, b"\n\n")
             && !self.buf[..head_len].contains(&b'\r')
+            // A broker's presence event goes the slow way, so callers can tell it apart.
+            && memmem::find(&self.buf[..head_len], b"\npresence:").is_none()
             && let Some(at) = memmem::find(&self.buf[..head_len], b"\ncontent-length:")
         {
             let digits = &self.buf[at + 16..head_len];
@@ -261,8 +263,17 @@ impl Reader {
     }
 
     /// Waits for a frame with `command`, failing on ERROR or end of stream.
+    /// Presence events (MESSAGEs with a `presence` header, which a broker with presence
+    /// sends when a subscriber enters a room) are passed over.
     pub async fn expect(&mut self, command: Command) -> io::Result<Frame> {
-        match self.next().await? {
+        let mut next = self.next().await?;
+        while let Some(frame) = &next
+            && is_presence_event(frame)
+            && command != Command::Message
+        {
+            next = self.next().await?;
+        }
+        match next {
             Some(frame) if frame.command == command => Ok(frame),
             Some(frame) => Err(io::Error::other(format!(
                 "expected {command}, got {} {:?}",
@@ -274,6 +285,11 @@ impl Reader {
             ))),
         }
     }
+}
+
+/// Whether `frame` is a broker's presence event rather than a message a publisher sent.
+pub fn is_presence_event(frame: &Frame) -> bool {
+    frame.command == Command::Message && frame.get("presence").is_some()
 }
 
 /// The TCP stream under a connection's two halves, to close it in a chosen way (a reset

@@ -182,6 +182,8 @@ async fn subscribe_loop(
         while let Some(received) = reader.buffered_message()? {
             let body = match received {
                 conn::Received::Message { body, .. } => body,
+                // Another subscriber entering the room, when the broker has presence on.
+                conn::Received::Frame(frame) if conn::is_presence_event(&frame) => continue,
                 conn::Received::Frame(frame) if frame.command == Command::Message => frame.body,
                 conn::Received::Frame(frame) => {
                     return Err(io::Error::other(format!(
