@@ -7,6 +7,7 @@
 //! it: a room entry exists only while a member holds a subscription to it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
 
 use postbox_stomp::ByteString;
 
@@ -280,6 +281,33 @@ impl Rooms {
     pub(crate) fn total_members(&self) -> usize {
         self.rooms.values().map(BTreeMap::len).sum()
     }
+}
+
+/// A router's presence: which destinations are rooms, and who is in them.
+#[derive(Debug)]
+pub(crate) struct Presence {
+    pub(crate) rules: Rules,
+    rooms: Mutex<Rooms>,
+}
+
+impl Presence {
+    pub(crate) fn new(rules: Rules) -> Presence {
+        Presence {
+            rules,
+            rooms: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Rooms> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A subscription's place in a room, kept so that its end can leave it.
+#[derive(Debug)]
+pub(crate) struct Seat {
+    pub(crate) room: Destination,
+    pub(crate) member: ByteString,
 }
 
 /// One room as the admin API and the metrics see it.

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use postbox_stomp::ByteString;
 
-use super::presence::Presence;
 use crate::budget::Budget;
 use crate::outbox::Outbox;
-use crate::presence::{PresenceConfig, Rules};
+use crate::presence::{Presence, PresenceConfig, Rules};
 use crate::queue::{Queue, QueueSettings, QueueStats};
 use crate::relay::{NoRelay, QueueStore, Relay};
 use crate::topic::TopicIndex;

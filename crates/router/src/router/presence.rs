@@ -6,7 +6,7 @@
 //! removed, and its event routed, under it: events leave in the order of the
 //! transitions, with counts that only move one step at a time.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use postbox_stomp::{ByteString, Headers};
@@ -15,38 +15,11 @@ use super::core::Router;
 use super::subscription::Subscriber;
 use crate::delivery::{Acknowledge, Delivery};
 use crate::presence::{
-    MAX_LISTED, PRESENCE, PRESENCE_COUNT, PRESENCE_USER, RoomSnapshot, Rooms, Rules, Transition,
+    MAX_LISTED, PRESENCE, PRESENCE_COUNT, PRESENCE_USER, RoomSnapshot, Seat, Transition,
     json_string,
 };
 use crate::queue::Queued;
 use crate::{Destination, DestinationKind, Message};
-
-/// A router's presence: which destinations are rooms, and who is in them.
-#[derive(Debug)]
-pub(super) struct Presence {
-    pub(super) rules: Rules,
-    rooms: Mutex<Rooms>,
-}
-
-impl Presence {
-    pub(super) fn new(rules: Rules) -> Presence {
-        Presence {
-            rules,
-            rooms: Mutex::default(),
-        }
-    }
-
-    pub(super) fn lock(&self) -> MutexGuard<'_, Rooms> {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// A subscription's place in a room, kept so that its end can leave it.
-#[derive(Debug)]
-pub(super) struct Seat {
-    pub(super) room: Destination,
-    pub(super) member: ByteString,
-}
 
 /// The two events a room announces.
 #[derive(Debug, Clone, Copy)]

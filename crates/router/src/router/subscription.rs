@@ -6,11 +6,10 @@ use std::time::Duration;
 use postbox_stomp::ByteString;
 
 use super::core::{Router, TopicSink};
-use super::presence::Seat;
 use super::temp::TempQueue;
 use crate::delivery::AckMode;
 use crate::outbox::Outbox;
-use crate::presence::Member;
+use crate::presence::{Member, Seat};
 use crate::queue::{Overflow, Queue, QueueSettings, UnknownAck};
 use crate::topic::{Entry, Pattern};
 use crate::{Destination, DestinationKind, RouteError};
