@@ -470,3 +470,53 @@ async fn a_silent_client_is_closed_after_its_heart_beat_grace_and_one_that_beats
     );
     beater.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_member_silenced_by_heart_beat_timeout_quits_the_room_for_those_who_stay() {
+    let mut config = Config::defaults();
+    config.presence = vec!["/topic/room.*".into()];
+    config.heartbeat_receive_ms = 1_000;
+    config.heartbeat_grace = 2.0;
+    let broker = Broker::new(config);
+    let (mut stays, _stays) = broker.connected(64 * 1024).await;
+    stays
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/room.1\n\n\0")
+        .await;
+    let enter = stays.message().await;
+    assert_eq!(enter.get("presence"), Some("enter"));
+
+    let (mut silent, silent_session) = broker.open(64 * 1024);
+    silent
+        .send("CONNECT\naccept-version:1.2\nhost:/\nheart-beat:1000,0\n\n\0")
+        .await;
+    assert_eq!(silent.frame().await.unwrap().command, Command::Connected);
+    silent
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/room.1\nreceipt:r\n\n\0")
+        .await;
+    let enter = stays.message().await;
+    assert_eq!(
+        (enter.get("presence"), enter.get("presence-count")),
+        (Some("enter"), Some("2"))
+    );
+    let started = tokio::time::Instant::now();
+    let quit = stays.message().await;
+    assert_eq!(
+        (quit.get("presence"), quit.get("presence-count")),
+        (Some("quit"), Some("1")),
+        "{quit:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(2_000),
+        "only after the grace"
+    );
+    silent_session.await.expect("the silent session ended");
+    assert_eq!(
+        broker
+            .services()
+            .vhosts
+            .routers()
+            .map(|r| r.presence_members())
+            .sum::<usize>(),
+        1
+    );
+}

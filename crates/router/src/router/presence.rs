@@ -215,7 +215,7 @@ mod tests {
 
     use crate::delivery::AckMode;
     use crate::outbox::{Notification, OutboxReceiver, outbox};
-    use crate::presence::{Member, PresenceConfig};
+    use crate::presence::{MAX_LISTED, Member, PresenceConfig};
     use crate::{Destination, QueueCache, Router, RouterConfig, Subscriber, Subscription};
 
     fn router(suffix: &str) -> Router {
@@ -347,6 +347,36 @@ mod tests {
             events[0].3,
             r#"{"type":"MEMBERS","roomId":"room.1","members":["al\"ice","bob"],"userCount":2}"#
         );
+    }
+
+    #[test]
+    fn a_member_list_of_a_huge_room_is_cut_and_says_so() {
+        let router = router("");
+        let crowd = client();
+        let _held: Vec<Subscription> = (0..MAX_LISTED + 5)
+            .map(|i| {
+                let who = Member::user(&format!("user{i:05}"));
+                crowd.subscribe(&router, "/topic/room.big", Some(who), false)
+            })
+            .collect();
+        let mut joining = client();
+        let _joined = joining.subscribe(&router, "/topic/room.big", Some(Member::user("zz")), true);
+        let Some(Notification::Deliver(list)) = joining.rx.try_recv() else {
+            panic!("no member list")
+        };
+        let headers = list.message.headers();
+        assert_eq!(headers.get("presence"), Some("members"));
+        let total = (MAX_LISTED + 6).to_string();
+        assert_eq!(headers.get("presence-count"), Some(total.as_str()));
+        assert_eq!(headers.get("presence-truncated"), Some("true"));
+        let body = String::from_utf8(list.message.body().to_vec()).unwrap();
+        assert_eq!(
+            body.matches("\"user0").count(),
+            MAX_LISTED,
+            "{}",
+            &body[..200]
+        );
+        assert!(!body.contains("\"zz\""), "the list is cut in name order");
     }
 
     #[test]
