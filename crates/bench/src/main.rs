@@ -12,6 +12,7 @@ mod conn;
 mod connections;
 mod fanout;
 mod null_broker;
+mod presence;
 mod queue;
 mod report;
 mod soak;
@@ -64,6 +65,11 @@ enum Scenario {
     /// Many idle subscribed connections: open rate, broker memory per connection, and
     /// time for one message to reach them all.
     Connections(ConnectionsArgs),
+    /// Presence: users enter and leave rooms at a rate while a watcher per room counts
+    /// ENTER and QUIT events; checks one event per transition and times how long the
+    /// counts take to settle. Needs a broker without authentication and with
+    /// `--presence "/topic/bench.#"`.
+    Presence(PresenceArgs),
     /// Fault-and-load soak: publishers, vanishing queue consumers in every ack mode, slow
     /// readers, a receipt flood, bad frames and reconnect storms against one broker, while
     /// a probe times one SEND→MESSAGE round trip per second. Exits 1 on a stall or if
@@ -76,6 +82,24 @@ enum Scenario {
         #[arg(long, default_value = "127.0.0.1:61613")]
         listen: std::net::SocketAddr,
     },
+}
+
+#[derive(Args, Debug)]
+struct PresenceArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connections entering and leaving rooms.
+    #[arg(long, default_value_t = 100)]
+    users: usize,
+    /// Rooms, each watched by one more connection.
+    #[arg(long, default_value_t = 10)]
+    rooms: usize,
+    /// Room entries per second over all users, each followed by a leave.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds the counts may take to settle after the last leave.
+    #[arg(long, default_value_t = 10.0)]
+    settle_within: f64,
 }
 
 #[derive(Args, Debug)]
@@ -257,6 +281,7 @@ fn main() -> ExitCode {
     let ws = match &cli.scenario {
         Scenario::Fanout(args) => args.common.ws,
         Scenario::Queue(args) => args.common.ws,
+        Scenario::Presence(args) => args.common.ws,
         Scenario::Connections(_) | Scenario::Soak(_) | Scenario::NullBroker { .. } => {
             unreachable!("handled above")
         }
@@ -285,6 +310,19 @@ fn main() -> ExitCode {
             }
             Scenario::Connections(_) | Scenario::Soak(_) | Scenario::NullBroker { .. } => {
                 unreachable!("handled above")
+            }
+            Scenario::Presence(args) => {
+                let options = presence::Options {
+                    users: args.users,
+                    rooms: args.rooms,
+                    rate: args.rate,
+                    duration: Duration::from_secs_f64(args.common.duration),
+                    settle_within: Duration::from_secs_f64(args.settle_within),
+                };
+                (
+                    args.common.json,
+                    presence::run(&target(&args.common), &options).await,
+                )
             }
             Scenario::Queue(args) => {
                 let target = target(&args.common);
