@@ -85,8 +85,16 @@ pub async fn run(target: &Target, options: &Options) -> io::Result<Report> {
     let mut walkers = Vec::new();
     for user in 0..users {
         let (mut reader, mut writer) = conn::connect(target).await?;
-        // What the rooms say to this user is read and dropped, so its outbox never fills.
-        let drain = tokio::spawn(async move { while let Ok(Some(_)) = reader.next().await {} });
+        // What the rooms say to this user is read and dropped, so its outbox never fills;
+        // it ends at the DISCONNECT's receipt. Closing earlier, with frames unread, would
+        // reset the connection, and the broker could lose the last UNSUBSCRIBE unread.
+        let drain = tokio::spawn(async move {
+            while let Ok(Some(frame)) = reader.next().await {
+                if frame.command == Command::Receipt {
+                    return;
+                }
+            }
+        });
         let stop = stop.clone();
         let cycles = cycles.clone();
         let rooms_of = (0..rooms).map(room).collect::<Vec<_>>();
@@ -108,7 +116,7 @@ pub async fn run(target: &Target, options: &Options) -> io::Result<Report> {
             }
             let bye = Frame::new(Command::Disconnect).header("receipt", "bye");
             writer.send(&bye).await?;
-            drain.abort();
+            let _ = drain.await;
             io::Result::Ok(())
         }));
     }
