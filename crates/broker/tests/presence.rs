@@ -220,3 +220,35 @@ async fn who_is_in_a_room_is_told_only_to_those_who_may_read_it() {
     alice.subscribe("0", "/topic/chat.room.1", &[]).await;
     expect_event(&mut carol, "enter", "alice", "1").await;
 }
+
+#[tokio::test]
+async fn only_the_broker_speaks_where_a_rooms_events_go() {
+    let broker = start(&["--presence-companion-suffix", ".presence"]);
+    let mut carol = user(&broker, "carol").await;
+    carol
+        .send(
+            &Frame::new(Command::Send)
+                .header("destination", "/topic/chat.room.1.presence")
+                .body(r#"{"type":"QUIT","sender":"alice"}"#),
+        )
+        .await;
+    let error = carol.expect_error().await;
+    assert!(
+        error
+            .get("message")
+            .unwrap_or_default()
+            .contains("clients may not send to it"),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn a_queue_room_needs_a_companion_topic_for_its_events() {
+    let output = std::process::Command::new(common::binary())
+        .args(["--listen", "127.0.0.1:0", "--presence", "/queue/desk"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("set presence-companion-suffix"), "{stderr}");
+}

@@ -29,6 +29,9 @@ pub enum RouteError {
     /// The `expiration` header is not a number of milliseconds.
     #[error("invalid expiration '{0}': expected a number of milliseconds")]
     InvalidExpiration(String),
+    /// A SEND to a topic where the broker announces a room's presence.
+    #[error("'{0}' carries the broker's presence events; clients may not send to it")]
+    BrokerOnly(String),
     /// Someone else's temporary queue, or a temporary queue used by name.
     #[error("'{0}' is a temporary queue that only its own connection may subscribe to")]
     NotOwner(String),

@@ -24,6 +24,8 @@ pub const PRESENCE_USER: &str = "presence-user";
 /// SUBSCRIBE header asking for the room's member list as the subscription's first
 /// MESSAGE.
 pub const PRESENCE_MEMBERS: &str = "presence-members";
+/// Header on a member list that was cut at [`MAX_LISTED`] names.
+pub const PRESENCE_TRUNCATED: &str = "presence-truncated";
 /// Most names a member list carries; a longer one is cut and says so with
 /// `presence-truncated:true`, so a list stays a bounded frame in a huge room.
 pub const MAX_LISTED: usize = 1_000;
@@ -138,7 +140,7 @@ impl Rules {
     /// where events go, not a room of its own.
     pub(crate) fn is_room(&self, destination: &Destination) -> bool {
         let name = destination.name();
-        if Pattern::parse(name).is_some() {
+        if name.split('.').any(|word| word == "*" || word == "#") {
             return false;
         }
         if !self.companion_suffix.is_empty() && name.ends_with(&self.companion_suffix) {

@@ -134,6 +134,17 @@ impl Config {
                 "must be printable text without * or #".into(),
             );
         }
+        if self.presence_companion_suffix.is_empty()
+            && let Some(queue) = self.presence.iter().find(|d| d.starts_with("/queue/"))
+        {
+            return invalid(
+                "presence",
+                format!(
+                    "'{queue}' is a queue: its events would go to one competing consumer; \
+                     set presence-companion-suffix so they go to a topic"
+                ),
+            );
+        }
         if !self.presence.is_empty() && !self.cluster.is_empty() {
             return invalid(
                 "presence",

@@ -152,25 +152,40 @@ fn destinations(state: &BrokerState) -> Value {
 
 /// Every room with members, per virtual host: who is in it and with how many
 /// subscriptions.
+///
+/// At most [`MAX_ROOMS_LISTED`] rooms and [`postbox_router::presence::MAX_LISTED`]
+/// members each are listed (with `"truncated": true` where cut), so one answer stays a
+/// bounded size however many rooms there are; `count` is always the full count.
 fn presence(state: &BrokerState) -> Value {
+    use postbox_router::presence::MAX_LISTED;
     let mut out = Vec::new();
+    let mut truncated = false;
     for router in state.sessions.vhosts.routers() {
         for room in router.presence() {
+            if out.len() == MAX_ROOMS_LISTED {
+                truncated = true;
+                break;
+            }
             let members: Vec<Value> = room
                 .members
                 .iter()
+                .take(MAX_LISTED)
                 .map(|(user, subscriptions)| json!({"user": user, "subscriptions": subscriptions}))
                 .collect();
             out.push(json!({
                 "vhost": router.vhost(),
                 "destination": room.destination,
-                "count": members.len(),
+                "count": room.members.len(),
                 "members": members,
+                "truncated": room.members.len() > MAX_LISTED,
             }));
         }
     }
-    json!({"rooms": out})
+    json!({"rooms": out, "truncated": truncated})
 }
+
+/// Most rooms one `GET /admin/presence` lists.
+const MAX_ROOMS_LISTED: usize = 1_000;
 
 fn queues(state: &BrokerState) -> Value {
     use std::sync::atomic::Ordering::Relaxed;

@@ -149,7 +149,7 @@ impl Session {
             ack,
             prefetch,
             queue_ttl,
-            member: Some(self.member()),
+            member: self.router.has_presence().then(|| self.member()),
             list_members: frame.get(PRESENCE_MEMBERS) == Some("true"),
         };
         let subscription = match destination.kind() {

@@ -20,7 +20,25 @@ impl Queue {
         ack: AckMode,
         prefetch: usize,
     ) {
+        self.add_consumer_unless_deleted(key, outbox, subscription, ack, prefetch);
+    }
+
+    /// [`Queue::add_consumer`], unless the queue was deleted (forgotten as idle between
+    /// the caller's lookup and now): then nothing is added and the caller should look
+    /// the name up again. Checked under the lock that deletion takes, so a consumer
+    /// never lands in a queue nobody will send to.
+    pub(crate) fn add_consumer_unless_deleted(
+        &self,
+        key: u64,
+        outbox: Outbox,
+        subscription: ByteString,
+        ack: AckMode,
+        prefetch: usize,
+    ) -> bool {
         let mut state = self.lock();
+        if self.is_deleted() {
+            return false;
+        }
         state.consumers.push(Consumer {
             key,
             outbox,
@@ -31,6 +49,7 @@ impl Queue {
             gone: false,
         });
         self.dispatch(&mut state);
+        true
     }
 
     /// Removes a consumer; what it had not acknowledged goes back to the front of the

@@ -12,26 +12,27 @@ use bytes::Bytes;
 use postbox_stomp::{ByteString, Headers};
 
 use super::core::Router;
+use super::publish::Reach;
 use super::subscription::Subscriber;
 use crate::delivery::{Acknowledge, Delivery};
 use crate::presence::{
-    MAX_LISTED, PRESENCE, PRESENCE_COUNT, PRESENCE_USER, RoomSnapshot, Seat, Transition,
-    json_string,
+    MAX_LISTED, PRESENCE, PRESENCE_COUNT, PRESENCE_TRUNCATED, PRESENCE_USER, RoomSnapshot, Seat,
+    Transition, json_string,
 };
 use crate::queue::Queued;
-use crate::{Destination, DestinationKind, Message};
+use crate::{Destination, DestinationKind, Message, RouteError};
 
-/// The two events a room announces.
+/// The two transitions a room announces.
 #[derive(Debug, Clone, Copy)]
-enum Event {
+enum Announcement {
     Enter,
     Quit,
 }
 
 impl Router {
-    /// The room `destination` is, if presence is on for it and the subscriber says who
-    /// they are.
-    pub(super) fn room_of(&self, destination: &Destination, subscriber: &Subscriber) -> bool {
+    /// Whether subscribing `subscriber` to `destination` makes them present in a room:
+    /// presence is on for it and the subscriber says who they are.
+    pub(super) fn is_room_for(&self, destination: &Destination, subscriber: &Subscriber) -> bool {
         match (&self.shared.presence, &subscriber.member) {
             (Some(presence), Some(_)) => presence.rules.is_room(destination),
             _ => false,
@@ -64,7 +65,7 @@ impl Router {
         }
         let subscription = subscribe();
         if transition == Transition::Entered {
-            self.announce(room, Event::Enter, &member.name, count);
+            self.announce(room, Announcement::Enter, &member.name, count);
         }
         let seat = Seat {
             room: room.clone(),
@@ -82,27 +83,31 @@ impl Router {
         let key = ByteString::from(seat.room.as_str());
         let (transition, count, name) = rooms.leave(&key, &seat.member);
         if transition == Transition::Left {
-            self.announce(&seat.room, Event::Quit, &name, count);
+            self.announce(&seat.room, Announcement::Quit, &name, count);
         }
-        drop(rooms);
     }
 
-    /// For a SEND to a room or to where its events go: drops presence headers a client
-    /// put there (only the broker announces), and stamps the room's current count.
-    pub(super) fn stamp_presence(&self, destination: &Destination, headers: &mut Headers) {
+    /// For a SEND to a room: drops presence headers a client put there (only the
+    /// broker announces) and stamps the room's current count. A SEND to where a room's
+    /// events go is refused: only the broker speaks there.
+    pub(super) fn stamp_presence(
+        &self,
+        destination: &Destination,
+        headers: &mut Headers,
+    ) -> Result<(), RouteError> {
         let Some(presence) = &self.shared.presence else {
-            return;
+            return Ok(());
         };
         if presence.rules.is_room(destination) {
-            headers.remove(PRESENCE);
-            headers.remove(PRESENCE_USER);
+            for name in [PRESENCE, PRESENCE_USER, PRESENCE_TRUNCATED] {
+                headers.remove(name);
+            }
             let count = presence.lock().count(destination.as_str());
             headers.set(PRESENCE_COUNT, count.to_string());
         } else if presence.rules.is_companion(destination) {
-            headers.remove(PRESENCE);
-            headers.remove(PRESENCE_USER);
-            headers.remove(PRESENCE_COUNT);
+            return Err(RouteError::BrokerOnly(destination.to_string()));
         }
+        Ok(())
     }
 
     /// The rooms whose events go to `destination`, if it is a companion destination:
@@ -112,6 +117,11 @@ impl Router {
             .presence
             .as_ref()
             .map_or_else(Vec::new, |p| p.rules.rooms_of_companion(destination))
+    }
+
+    /// Whether any destination of this router has presence.
+    pub fn has_presence(&self) -> bool {
+        self.shared.presence.is_some()
     }
 
     /// Every room of this router with its members.
@@ -132,11 +142,11 @@ impl Router {
 
     /// Publishes an ENTER or QUIT of `room`, shaped like the tutorial's ChatMessage so
     /// its page can show it unchanged.
-    fn announce(&self, room: &Destination, event: Event, name: &str, count: usize) {
+    fn announce(&self, room: &Destination, event: Announcement, name: &str, count: usize) {
         let presence = self.shared.presence.as_ref().expect("presence is on");
         let (header, kind, counter) = match event {
-            Event::Enter => ("enter", "ENTER", &self.shared.stats.presence_enters),
-            Event::Quit => ("quit", "QUIT", &self.shared.stats.presence_quits),
+            Announcement::Enter => ("enter", "ENTER", &self.shared.stats.presence_enters),
+            Announcement::Quit => ("quit", "QUIT", &self.shared.stats.presence_quits),
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut body = String::with_capacity(64 + room.name().len() + name.len());
@@ -175,7 +185,7 @@ impl Router {
         headers.set(PRESENCE_COUNT, count.to_string());
         headers.set("content-type", "application/json");
         if names.len() < count {
-            headers.set("presence-truncated", "true");
+            headers.set(PRESENCE_TRUNCATED, "true");
         }
         Message::new(
             self.next_message_id(),
@@ -194,7 +204,7 @@ impl Router {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match message.destination().kind() {
             DestinationKind::Topic => {
-                self.route_topic(&message, None);
+                self.route_topic_to(&message, None, Reach::Exact);
                 self.shared.relay.forward(self.vhost(), &message);
             }
             DestinationKind::Queue => {
@@ -380,6 +390,20 @@ mod tests {
     }
 
     #[test]
+    fn pattern_subscriptions_hear_no_events() {
+        for suffix in ["", ".presence"] {
+            let router = router(suffix);
+            let mut patterns = client();
+            let _rooms = patterns.subscribe(&router, "/topic/room.*", None, false);
+            let _companions = patterns.subscribe(&router, "/topic/room.*.presence", None, false);
+            let _everything = patterns.subscribe(&router, "/topic/#", None, false);
+            let member = client();
+            let _m = member.subscribe(&router, "/topic/room.1", Some(Member::user("a")), false);
+            assert!(patterns.events().is_empty(), "suffix {suffix:?}");
+        }
+    }
+
+    #[test]
     fn anonymous_connections_count_one_each_and_unnamed_subscriptions_not_at_all() {
         let router = router("");
         let mut watcher = client();
@@ -452,18 +476,21 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            router
+            let refused = router
                 .publish(
                     &mut cache,
                     destination("/topic/room.1.presence"),
                     forged,
                     Bytes::new(),
                 )
-                .await
-                .unwrap();
+                .await;
+            assert!(
+                matches!(refused, Err(crate::RouteError::BrokerOnly(_))),
+                "only the broker speaks where events go"
+            );
         });
         assert_eq!(kinds(&member.events()), [("", "", "1")]);
-        assert_eq!(kinds(&companion.events()), [("", "", "")]);
+        assert!(companion.events().is_empty());
     }
 
     #[test]

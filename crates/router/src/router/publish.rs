@@ -9,6 +9,17 @@ use postbox_stomp::{ByteString, Headers};
 use tokio::time::Instant;
 
 use super::core::{Router, TopicSink};
+
+/// Which subscriptions of a topic a message reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reach {
+    /// Every matching subscription, patterns included.
+    All,
+    /// Only subscriptions to exactly its name: presence events, which say who is in a
+    /// room, go only to those whose SUBSCRIBE to that name was authorized (a pattern
+    /// such as `/topic/*.presence` is checked against no room).
+    Exact,
+}
 use super::temp::reply_queue_node;
 use crate::delivery::{Acknowledge, Delivery};
 use crate::error::StoreError;
@@ -73,7 +84,7 @@ impl Router {
         let expires_at = ttl.and_then(|ttl| Instant::now().checked_add(ttl));
         let mut headers = headers;
         if self.shared.presence.is_some() {
-            self.stamp_presence(&destination, &mut headers);
+            self.stamp_presence(&destination, &mut headers)?;
         }
         let message = Arc::new(Message::from_send(
             self.next_message_id(),
@@ -207,11 +218,24 @@ impl Router {
 
     /// Fans a topic message out to every matching subscription.
     pub(super) fn route_topic(&self, message: &Arc<Message>, expires_at: Option<Instant>) {
+        self.route_topic_to(message, expires_at, Reach::All);
+    }
+
+    /// Fans a topic message out to the subscriptions `reach` allows.
+    pub(super) fn route_topic_to(
+        &self,
+        message: &Arc<Message>,
+        expires_at: Option<Instant>,
+        reach: Reach,
+    ) {
         let name = ByteString::from(message.destination().name());
         let matches = self.lock_topics().lookup(&name);
         let stats = &self.shared.stats;
         let mut delivered = 0;
         for entry in matches.iter() {
+            if reach == Reach::Exact && entry.pattern.is_some() {
+                continue;
+            }
             match &entry.sink {
                 TopicSink::Direct {
                     outbox,

@@ -49,7 +49,7 @@ impl Router {
                 return Err(RouteError::NotOwner(destination.to_string()));
             }
         };
-        let room = self.room_of(destination, &subscriber);
+        let room = self.is_room_for(destination, &subscriber);
         let subscribe = |subscriber: Subscriber| match queue {
             None => self.subscribe_topic(destination, subscriber),
             Some(queue) => self.consume(queue, subscriber, Cleanup::Shared),
@@ -82,13 +82,27 @@ impl Router {
     fn consume(&self, queue: Arc<Queue>, subscriber: Subscriber, cleanup: Cleanup) -> Subscription {
         let key = self.next_key();
         let prefetch = self.prefetch(&subscriber);
-        queue.add_consumer(
-            key,
-            subscriber.outbox,
-            subscriber.id,
-            subscriber.ack,
-            prefetch,
-        );
+        let mut queue = queue;
+        let add = |queue: &Queue| {
+            queue.add_consumer_unless_deleted(
+                key,
+                subscriber.outbox.clone(),
+                subscriber.id.clone(),
+                subscriber.ack,
+                prefetch,
+            )
+        };
+        // A shared queue forgotten as idle since it was looked up has a successor by now
+        // (or gets one here): join that one. A deleted temporary queue stays deleted.
+        let mut tries = 0;
+        while !add(&queue) && tries < 8 {
+            tries += 1;
+            let Cleanup::Shared = cleanup else { break };
+            match self.queue_for(queue.destination(), subscriber.queue_ttl) {
+                Ok(fresh) => queue = fresh,
+                Err(_) => break,
+            }
+        }
         if let Cleanup::Shared = cleanup {
             self.queue_interest(&queue);
             if let Some(store) = &self.shared.store {
