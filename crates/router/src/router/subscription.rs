@@ -337,3 +337,45 @@ impl Subscription {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use postbox_stomp::Headers;
+
+    use super::*;
+    use crate::outbox::{Notification, outbox};
+    use crate::{QueueCache, RouterConfig};
+
+    #[tokio::test]
+    async fn a_consumer_of_a_queue_forgotten_since_its_lookup_joins_the_successor() {
+        let router = Router::new(RouterConfig::default());
+        let name = Destination::parse(&ByteString::from("/queue/q")).unwrap();
+        // Looked up by a SUBSCRIBE, then forgotten as idle before the consumer is added:
+        // the window a last consumer leaving at the same moment opens.
+        let stale = router.queue_for(&name, None).unwrap();
+        router.forget_if_idle(&stale);
+        assert!(stale.is_deleted());
+        let (outbox, mut rx) = outbox(1 << 20);
+        let subscriber = Subscriber {
+            outbox,
+            id: "s".into(),
+            ack: AckMode::Auto,
+            prefetch: None,
+            queue_ttl: None,
+            member: None,
+            list_members: false,
+        };
+        let _subscription = router.consume(stale.clone(), subscriber, Cleanup::Shared);
+        assert_eq!(stale.consumer_count(), 0, "nobody joined the deleted queue");
+        let mut cache = QueueCache::default();
+        router
+            .publish(&mut cache, name, Headers::new(), Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        assert!(
+            matches!(rx.try_recv(), Some(Notification::Deliver(_))),
+            "the consumer reads the queue that SENDs now reach"
+        );
+    }
+}
