@@ -13,11 +13,11 @@ use postbox_stomp::{ByteString, Headers};
 
 use super::core::Router;
 use super::publish::Reach;
-use super::subscription::Subscriber;
+use super::subscription::{Subscriber, Subscription};
 use crate::delivery::{Acknowledge, Delivery};
 use crate::presence::{
-    MAX_LISTED, PRESENCE, PRESENCE_COUNT, PRESENCE_TRUNCATED, PRESENCE_USER, RoomSnapshot, Seat,
-    Transition, json_string,
+    MAX_LISTED, Member, PRESENCE, PRESENCE_COUNT, PRESENCE_TRUNCATED, PRESENCE_USER, RoomSnapshot,
+    Seat, Transition, json_string,
 };
 use crate::queue::Queued;
 use crate::{Destination, DestinationKind, Message, RouteError};
@@ -30,29 +30,33 @@ enum Announcement {
 }
 
 impl Router {
-    /// Whether subscribing `subscriber` to `destination` makes them present in a room:
-    /// presence is on for it and the subscriber says who they are.
-    pub(super) fn is_room_for(&self, destination: &Destination, subscriber: &Subscriber) -> bool {
-        match (&self.shared.presence, &subscriber.member) {
-            (Some(presence), Some(_)) => presence.rules.is_room(destination),
-            _ => false,
-        }
+    /// Who subscribing `subscriber` to `destination` makes present in a room: `None`
+    /// unless presence is on for it and the subscriber says who they are.
+    pub(super) fn member_of_room(
+        &self,
+        destination: &Destination,
+        subscriber: &Subscriber,
+    ) -> Option<Member> {
+        let presence = self.shared.presence.as_ref()?;
+        let member = subscriber.member.as_ref()?;
+        presence.rules.is_room(destination).then(|| member.clone())
     }
 
-    /// Adds `subscriber` to room `room` while `subscribe` creates the subscription, all
-    /// under the rooms lock: the member list (if asked for) is the subscription's first
-    /// MESSAGE, and the ENTER follows the subscription, so the member sees their own.
-    pub(super) fn join_room<T>(
+    /// Adds `member` to room `room` while `subscribe` creates `subscriber`'s
+    /// subscription, all under the rooms lock: the member list (if asked for) is the
+    /// subscription's first MESSAGE, and the ENTER follows the subscription, so the
+    /// member sees their own.
+    pub(super) fn join_room(
         &self,
         room: &Destination,
-        subscriber: &Subscriber,
-        subscribe: impl FnOnce() -> T,
-    ) -> (T, Seat) {
+        member: Member,
+        subscriber: Subscriber,
+        subscribe: impl FnOnce(Subscriber) -> Subscription,
+    ) -> Subscription {
         let presence = self.shared.presence.as_ref().expect("presence is on");
-        let member = subscriber.member.as_ref().expect("a member");
         let mut rooms = presence.lock();
         let key = ByteString::from(room.as_str());
-        let (transition, count) = rooms.join(&key, member);
+        let (transition, count) = rooms.join(&key, &member);
         if subscriber.list_members {
             let names = rooms.names(room.as_str(), MAX_LISTED);
             let list = self.member_list(room, &names, count);
@@ -63,15 +67,15 @@ impl Router {
                 redelivered: false,
             });
         }
-        let subscription = subscribe();
+        let mut subscription = subscribe(subscriber);
         if transition == Transition::Entered {
             self.announce(room, Announcement::Enter, &member.name, count);
         }
-        let seat = Seat {
+        subscription.seat = Some(Seat {
             room: room.clone(),
-            member: member.key.clone(),
-        };
-        (subscription, seat)
+            member: member.key,
+        });
+        subscription
     }
 
     /// Leaves the room a subscription sat in, once `unsubscribe` has removed it; the

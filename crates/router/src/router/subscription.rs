@@ -49,19 +49,14 @@ impl Router {
                 return Err(RouteError::NotOwner(destination.to_string()));
             }
         };
-        let room = self.is_room_for(destination, &subscriber);
         let subscribe = |subscriber: Subscriber| match queue {
             None => self.subscribe_topic(destination, subscriber),
             Some(queue) => self.consume(queue, subscriber, Cleanup::Shared),
         };
-        if !room {
-            return Ok(subscribe(subscriber));
+        match self.member_of_room(destination, &subscriber) {
+            Some(member) => Ok(self.join_room(destination, member, subscriber, subscribe)),
+            None => Ok(subscribe(subscriber)),
         }
-        let joining = subscriber.clone();
-        let (mut subscription, seat) =
-            self.join_room(destination, &joining, || subscribe(subscriber));
-        subscription.seat = Some(seat);
-        Ok(subscription)
     }
 
     /// Subscribes to the session's own temporary queue.
@@ -252,7 +247,7 @@ pub struct Subscription {
     ack: AckMode,
     target: Target,
     /// The room this subscription makes its member present in, if any.
-    seat: Option<Seat>,
+    pub(super) seat: Option<Seat>,
 }
 
 impl Subscription {
