@@ -115,17 +115,7 @@ pub async fn connect_from(
         io: write,
         buf: BytesMut::with_capacity(64 * 1024),
     };
-    let mut frame = Frame::new(Command::Connect)
-        .header("accept-version", "1.2")
-        .header("host", target.host.as_str())
-        .header("heart-beat", "0,0");
-    if let Some(login) = &target.login {
-        frame = frame.header("login", login.as_str());
-    }
-    if let Some(passcode) = &target.passcode {
-        frame = frame.header("passcode", passcode.as_str());
-    }
-    writer.send(&frame).await?;
+    writer.send(&connect_frame(target)).await?;
     let reply = reader.next().await?;
     match reply {
         Some(frame) if frame.command == Command::Connected => Ok((reader, writer)),
@@ -285,6 +275,22 @@ impl Reader {
             ))),
         }
     }
+}
+
+/// The CONNECT every scenario sends: STOMP 1.2, no heart-beats, the target's host and
+/// credentials.
+pub fn connect_frame(target: &Target) -> Frame {
+    let mut frame = Frame::new(Command::Connect)
+        .header("accept-version", "1.2")
+        .header("host", target.host.as_str())
+        .header("heart-beat", "0,0");
+    if let Some(login) = &target.login {
+        frame = frame.header("login", login.as_str());
+    }
+    if let Some(passcode) = &target.passcode {
+        frame = frame.header("passcode", passcode.as_str());
+    }
+    frame
 }
 
 /// Whether `frame` is a broker's presence event rather than a message a publisher sent.

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use postbox_stomp::{Command, Frame};
+use postbox_stomp::Command;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -119,18 +119,9 @@ pub(super) async fn raw_connect(
     connected
 }
 
-/// The CONNECT frame `raw_connect` writes, with the target's host and credentials.
+/// The CONNECT frame `raw_connect` writes, encoded.
 fn connect_frame(target: &Target) -> BytesMut {
-    let mut frame = Frame::new(Command::Connect)
-        .header("accept-version", "1.2")
-        .header("host", target.host.as_str())
-        .header("heart-beat", "0,0");
-    if let Some(login) = &target.login {
-        frame = frame.header("login", login.as_str());
-    }
-    if let Some(passcode) = &target.passcode {
-        frame = frame.header("passcode", passcode.as_str());
-    }
+    let frame = conn::connect_frame(target);
     let mut out = BytesMut::new();
     postbox_stomp::encode::encode_frame(&frame, postbox_stomp::Version::V1_2, &mut out);
     out
