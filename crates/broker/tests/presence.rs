@@ -252,3 +252,26 @@ fn a_queue_room_needs_a_companion_topic_for_its_events() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("set presence-companion-suffix"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_admin_listing_of_rooms_is_bounded() {
+    let broker = start(&[]);
+    let mut crowd = user(&broker, "crowd").await;
+    for room in 0..1_001 {
+        crowd
+            .send(
+                &Frame::new(Command::Subscribe)
+                    .header("id", room.to_string())
+                    .header("destination", format!("/topic/chat.room.{room}")),
+            )
+            .await;
+    }
+    crowd.subscribe("last", "/topic/chat.room.last", &[]).await;
+    let auth = format!("Bearer {ADMIN}");
+    let http = broker.listener("http");
+    let (status, body) = request(http, "GET", "/admin/presence", &[("Authorization", &auth)]).await;
+    assert_eq!(status, 200);
+    let listing: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listing["rooms"].as_array().unwrap().len(), 1_000);
+    assert_eq!(listing["truncated"], true);
+}
