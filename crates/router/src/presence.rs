@@ -1,9 +1,9 @@
 //! Presence: who is subscribed to a destination, counted by person rather than by
 //! subscription, so that a room can be told when someone enters or leaves it.
 //!
-//! This module is the bookkeeping only (which destinations have presence, who is in each
-//! room and with how many subscriptions); [`crate::Router`] turns its transitions into
-//! ENTER and QUIT messages. Everything here is bounded by the subscriptions that made
+//! This module is the bookkeeping (which destinations have presence, who is in each
+//! room and with how many subscriptions) and the names and JSON quoting of the event
+//! format; [`crate::Router`] turns its transitions into ENTER and QUIT messages. Everything here is bounded by the subscriptions that made
 //! it: a room entry exists only while a member holds a subscription to it.
 
 use std::collections::{BTreeMap, HashMap};
